@@ -1,0 +1,187 @@
+"""WAL summarizer scenarios against a cluster that preloads pg_blockbackup.
+They FAIL (never skip) when the extension is not installed."""
+import glob
+import os
+import time
+
+from harness import extension as ext
+from harness.cluster import TestDir, pg_bin, run, wait_until
+from harness.lsn import parse_lsn
+from harness.oracle_check import check_both_oracles, check_waldump_oracle
+from harness.workload import pgbench_background, pgbench_init, run_workload
+
+TEST_TIMEOUT = 420
+
+
+def require_installed():
+    pkglibdir = run([pg_bin("pg_config"), "--pkglibdir"]).stdout.strip()
+    library = os.path.join(pkglibdir, "pg_blockbackup.so")
+    assert os.path.exists(library), \
+        f"pg_blockbackup is not installed ({library} missing): run `cargo pgrx install` first"
+
+
+def extension_cluster(td, name="primary", **settings):
+    require_installed()
+    c = td.cluster(name, preload=True, settings=settings).initdb().start()
+    ext.create_extension(c)
+    wait_until(lambda: ext.summarizer_pid(c), timeout=30, what="the summarizer to start")
+    return c
+
+
+def checkpointed_lsn(cluster):
+    cluster.sql("CHECKPOINT")
+    return cluster.current_lsn()
+
+
+def summarized_range(cluster, first_lsn, last_lsn, tli=None):
+    """Wait until last_lsn is summarized; the summary boundaries around the range."""
+    ext.wait_for_summary(cluster, last_lsn)
+    return ext.boundaries_spanning(ext.summaries(cluster), first_lsn, last_lsn, tli)
+
+
+def finish_crashed(proc, timeout=60):
+    """Reap a background pgbench that a crash may have cut short."""
+    try:
+        proc.wait(timeout=timeout)
+    except Exception:
+        proc.kill()
+        proc.wait()
+
+
+def test_changed_blocks_match_waldump():
+    with TestDir() as td:
+        c = extension_cluster(td)
+        first = checkpointed_lsn(c)
+        run_workload(c, "a")
+        last = checkpointed_lsn(c)
+        start, end = summarized_range(c, first, last)
+        check_both_oracles(c, start, end)
+
+
+def kill_summarizer(cluster):
+    old = wait_until(lambda: ext.summarizer_pid(cluster), timeout=30, what="summarizer pid")
+    assert cluster.pid_of_backend_type("pg_blockbackup summarizer") in (None, old)
+    cluster.kill9(old)
+    return old
+
+
+def wait_new_summarizer(cluster, old_pid):
+    cluster.wait_ready()
+    wait_until(lambda: ext.summarizer_pid(cluster) not in (None, old_pid), timeout=60,
+               what="a new summarizer after the crash")
+
+
+def test_crash_recovery():
+    with TestDir() as td:
+        c = extension_cluster(td)
+        pgbench_init(c)
+        first = checkpointed_lsn(c)
+        bench = pgbench_background(c, seconds=6)
+        time.sleep(2)
+        old = kill_summarizer(c)          # kill -9 of a worker: the cluster crash-restarts
+        finish_crashed(bench)
+        wait_new_summarizer(c, old)
+        run_workload(c, "a", init_pgbench=False)
+        bench = pgbench_background(c, seconds=8)
+        time.sleep(2)
+        c.stop("immediate")
+        finish_crashed(bench)
+        c.start()
+        run_workload(c, "b")
+        last = checkpointed_lsn(c)
+        start, end = summarized_range(c, first, last)
+        sums = ext.summaries(c)
+        gaps = ext.tiling_gaps(sums)
+        assert not gaps, f"summaries do not tile: {gaps[:3]}"
+        check_both_oracles(c, start, end)
+
+
+def expect_error(cluster, query, sqlstate, user="postgres", contains=None):
+    state, message = cluster.sql_error(query, user=user)
+    assert state == sqlstate, f"{query}: expected {sqlstate}, got {state}: {message}"
+    if contains:
+        assert contains in message, f"{query}: {contains!r} not in {message!r}"
+    return message
+
+
+def corrupt_largest_summary(datadir):
+    files = [f for f in glob.glob(os.path.join(datadir, "pg_blockbackup", "summaries", "*"))
+             if os.path.isfile(f)]
+    assert files, "no summary files under pg_blockbackup/summaries/"
+    victim = max(files, key=os.path.getsize)
+    with open(victim, "r+b") as f:
+        f.seek(os.path.getsize(victim) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return victim
+
+
+def test_bad_input():
+    with TestDir() as td:
+        c = extension_cluster(td)
+        c.sql("CREATE TABLE t AS SELECT generate_series(1, 10000) AS id")
+        ext.wait_for_summary(c, checkpointed_lsn(c))
+        sums = ext.summaries(c)
+        assert sums, "no summaries after wait_for_summary"
+        lo, hi = sums[0].start_lsn, sums[-1].end_lsn
+        state, _ = c.sql_error(f"SELECT * FROM blockbackup.changed_blocks('{hi}', '{lo}')")
+        assert state, "start > end must be an error"
+        expect_error(c, f"SELECT * FROM blockbackup.changed_blocks('{lo}', '7FFFFFFF/0')", "55000")
+        expect_error(c, f"SELECT * FROM blockbackup.changed_blocks('0/10', '{hi}')", "55000")
+        c.sql("CREATE ROLE plain LOGIN")
+        expect_error(c, f"SELECT * FROM blockbackup.changed_blocks('{lo}', '{hi}')", "42501",
+                     user="plain")
+        victim = corrupt_largest_summary(c.datadir)
+        expect_error(c, f"SELECT * FROM blockbackup.changed_blocks('{lo}', '{hi}')", "XX001",
+                     contains=os.path.basename(victim))
+
+
+def set_summarize_wal(cluster, on):
+    cluster.sql(f"ALTER SYSTEM SET blockbackup.summarize_wal = {'on' if on else 'off'};"
+                " SELECT pg_reload_conf();")
+
+
+def test_toggle_summarize_wal():
+    with TestDir() as td:
+        c = extension_cluster(td)
+        set_summarize_wal(c, False)
+        wait_until(lambda: ext.status(c).summarizer_pid is None, timeout=10,
+                   what="summarizer_pid to become NULL")
+        run_workload(c, "off")
+        set_summarize_wal(c, True)
+        wait_until(lambda: ext.summarizer_pid(c), timeout=10, what="the summarizer to resume")
+        first = checkpointed_lsn(c)
+        run_workload(c, "on")
+        last = checkpointed_lsn(c)
+        start, end = summarized_range(c, first, last)
+        check_both_oracles(c, start, end)
+
+
+def wait_replayed(standby, lsn, timeout=120):
+    wait_until(lambda: parse_lsn(standby.current_lsn()) >= parse_lsn(lsn), timeout=timeout,
+               what=f"standby replay of {lsn}")
+
+
+def test_standby_promotion():
+    with TestDir() as td:
+        primary = extension_cluster(td)
+        standby = td.standby_of(primary).start()
+        wait_until(lambda: ext.summarizer_pid(standby), timeout=30, what="standby summarizer")
+        first = checkpointed_lsn(primary)
+        run_workload(primary, "p", in_place_tablespace=True)
+        last = checkpointed_lsn(primary)
+        wait_replayed(standby, last)
+        summarized = ext.wait_for_summary(standby, last)
+        assert parse_lsn(summarized) >= parse_lsn(last), (summarized, last)
+        start, end = ext.boundaries_spanning(ext.summaries(standby), first, last, tli=1)
+        check_waldump_oracle(standby, start, end, timeline=1)
+        standby.promote()
+        assert standby.timeline() == 2, standby.timeline()
+        first2 = checkpointed_lsn(standby)
+        run_workload(standby, "s", init_pgbench=False, in_place_tablespace=True)
+        last2 = checkpointed_lsn(standby)
+        start2, end2 = summarized_range(standby, first2, last2, tli=2)
+        tlis = {s.tli for s in ext.summaries(standby)}
+        assert 2 in tlis, f"no summary on timeline 2: {tlis}"
+        check_both_oracles(standby, start2, end2, timeline=2)

@@ -1,0 +1,3 @@
+//! The SQL surface, grouped by what users do.
+
+mod summaries;

@@ -1,0 +1,182 @@
+//! WAL summarization from SQL: the worker's status, the summaries on disk,
+//! and what changed between two LSNs.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use blockbackup_core::{relation_path, BlockMap, Lsn};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::pg_lsn::PgLsn;
+use crate::{errors, settings, shared_state, summarizer, summary_store};
+
+#[pg_extern(volatile, parallel_safe)]
+fn summarizer_status() -> TableIterator<
+    'static,
+    (
+        name!(summarized_tli, i64),
+        name!(summarized_lsn, PgLsn),
+        name!(pending_lsn, PgLsn),
+        name!(summarizer_pid, Option<i32>),
+        name!(slot_restart_lsn, Option<PgLsn>),
+    ),
+> {
+    let shared = shared_state::get();
+    let pid = shared.summarizing_pid.load(Ordering::Acquire);
+    TableIterator::once((
+        shared.summarized_tli.load(Ordering::Acquire) as i64,
+        PgLsn(Lsn(shared.summarized_lsn.load(Ordering::Acquire))),
+        PgLsn(Lsn(shared.pending_lsn.load(Ordering::Acquire))),
+        (pid != 0).then_some(pid),
+        summarizer::slot_restart_lsn().map(PgLsn),
+    ))
+}
+
+#[pg_extern(volatile, parallel_safe)]
+fn summaries() -> TableIterator<
+    'static,
+    (
+        name!(tli, i64),
+        name!(start_lsn, PgLsn),
+        name!(end_lsn, PgLsn),
+        name!(relation_forks, i64),
+        name!(blocks, i64),
+        name!(size_bytes, i64),
+    ),
+> {
+    shared_state::get();
+    let rows: Vec<_> = summary_store::list()
+        .into_iter()
+        .map(|entry| {
+            let (_, map) = blockbackup_core::read_summary(&entry.path).unwrap_or_else(|e| errors::summary_store(e));
+            (
+                entry.name.timeline as i64,
+                PgLsn(entry.name.start_lsn),
+                PgLsn(entry.name.end_lsn),
+                map.len_forks() as i64,
+                map.total_blocks() as i64,
+                entry.size_bytes as i64,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+#[pg_extern(volatile, parallel_safe)]
+fn changed_blocks(
+    start_lsn: PgLsn,
+    end_lsn: PgLsn,
+) -> TableIterator<
+    'static,
+    (
+        name!(reltablespace, pg_sys::Oid),
+        name!(reldatabase, pg_sys::Oid),
+        name!(relfilenode, pg_sys::Oid),
+        name!(relforknumber, i16),
+        name!(relblocknumber, i64),
+    ),
+> {
+    let changes = changes_for(start_lsn, end_lsn);
+    TableIterator::new(changes.into_sorted_entries().into_iter().flat_map(|(rf, fork)| {
+        fork.blocks.into_iter().map(move |block| {
+            (
+                pg_sys::Oid::from(rf.spc_oid),
+                pg_sys::Oid::from(rf.db_oid),
+                pg_sys::Oid::from(rf.rel_number),
+                rf.fork as i16,
+                block as i64,
+            )
+        })
+    }))
+}
+
+#[pg_extern(volatile, parallel_safe)]
+fn changed_relations(
+    start_lsn: PgLsn,
+    end_lsn: PgLsn,
+) -> TableIterator<
+    'static,
+    (
+        name!(reltablespace, pg_sys::Oid),
+        name!(reldatabase, pg_sys::Oid),
+        name!(relfilenode, pg_sys::Oid),
+        name!(relforknumber, i16),
+        name!(limit_block, Option<i64>),
+        name!(changed_blocks, i64),
+        name!(path, String),
+    ),
+> {
+    let changes = changes_for(start_lsn, end_lsn);
+    let version_dir = tablespace_version_directory();
+    TableIterator::new(changes.into_sorted_entries().into_iter().map(move |(rf, fork)| {
+        (
+            pg_sys::Oid::from(rf.spc_oid),
+            pg_sys::Oid::from(rf.db_oid),
+            pg_sys::Oid::from(rf.rel_number),
+            rf.fork as i16,
+            fork.limit_block.map(i64::from),
+            fork.blocks.len() as i64,
+            relation_path(&rf, &version_dir),
+        )
+    }))
+}
+
+#[pg_extern(volatile, parallel_safe)]
+fn wait_for_summary(lsn: PgLsn, timeout_ms: default!(i32, 60000)) -> PgLsn {
+    let shared = shared_state::get();
+    if !settings::SUMMARIZE_WAL.get() {
+        errors::summarization_disabled();
+    }
+    if timeout_ms < 0 {
+        errors::invalid_argument(format!("timeout_ms must not be negative, got {timeout_ms}"), "Pass 0 to check without waiting.");
+    }
+    refuse_future_lsn(lsn.0);
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms as u64);
+    loop {
+        let summarized = Lsn(shared.summarized_lsn.load(Ordering::Acquire));
+        if summarized >= lsn.0 {
+            shared.stop_sleeping();
+            return PgLsn(summarized);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            shared.stop_sleeping();
+            errors::wait_timed_out(lsn.0.to_string(), summarized.to_string(), timeout_ms);
+        }
+        shared.request_flush_up_to(lsn.0 .0);
+        shared.wake_worker();
+        shared.sleep_for_summary(remaining.min(Duration::from_millis(100)).as_millis() as i64);
+        pg_sys::check_for_interrupts!();
+    }
+}
+
+fn changes_for(start_lsn: PgLsn, end_lsn: PgLsn) -> BlockMap {
+    shared_state::get();
+    summary_store::changes_between(start_lsn.0, end_lsn.0)
+}
+
+/// On a primary, WAL past the insert position does not exist yet: waiting
+/// for it would only time out.
+fn refuse_future_lsn(lsn: Lsn) {
+    unsafe {
+        if pg_sys::RecoveryInProgress() {
+            return;
+        }
+        let insert = Lsn(pg_sys::GetXLogInsertRecPtr());
+        if lsn > insert {
+            errors::invalid_argument(
+                format!("LSN {lsn} is ahead of the current WAL insert position {insert}"),
+                "Pass an LSN the server has written, such as pg_current_wal_lsn().",
+            );
+        }
+    }
+}
+
+fn tablespace_version_directory() -> String {
+    format!(
+        "PG_{}_{}",
+        pg_sys::PG_MAJORVERSION.to_string_lossy(),
+        pg_sys::CATALOG_VERSION_NO
+    )
+}

@@ -1,0 +1,114 @@
+//! Tests that need a running server with the library preloaded
+//! (`cargo pgrx test`); scenarios across crashes, standbys and oracles are
+//! in pg_test/.
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn wait_for_worker() -> i32 {
+        for _ in 0..200 {
+            let pid = Spi::get_one::<i32>("SELECT summarizer_pid FROM blockbackup.summarizer_status()")
+                .expect("status query");
+            if let Some(pid) = pid {
+                return pid;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the summarizer did not start");
+    }
+
+    #[pg_test]
+    fn worker_runs_and_holds_its_slot() {
+        let pid = wait_for_worker();
+        assert!(pid > 0);
+        let slot_holder = Spi::get_one::<i32>(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'pg_blockbackup'",
+        )
+        .expect("slot query");
+        assert_eq!(slot_holder, Some(pid));
+    }
+
+    #[pg_test]
+    fn no_function_is_executable_by_public() {
+        let public_grants = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_proc p
+               JOIN pg_namespace n ON n.oid = p.pronamespace,
+               aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+              WHERE n.nspname = 'blockbackup' AND a.grantee = 0",
+        )
+        .expect("acl query");
+        let functions = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = 'blockbackup'",
+        )
+        .expect("count query");
+        assert!(functions.unwrap_or(0) >= 5);
+        assert_eq!(public_grants, Some(0));
+    }
+
+    #[pg_test]
+    fn a_new_table_block_shows_up_as_changed() {
+        wait_for_worker();
+        Spi::run("CREATE TABLE bb_changed(i int); INSERT INTO bb_changed SELECT generate_series(1, 1000)")
+            .expect("workload");
+        let summarized = Spi::get_one::<String>(
+            "SELECT blockbackup.wait_for_summary(pg_current_wal_lsn(), 30000)::text",
+        )
+        .expect("wait");
+        assert!(summarized.is_some());
+        let found = Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM blockbackup.changed_blocks(
+                        (SELECT min(start_lsn) FROM blockbackup.summaries()),
+                        (SELECT max(end_lsn) FROM blockbackup.summaries())) c
+                     WHERE c.relfilenode = pg_relation_filenode('bb_changed')
+                       AND c.relforknumber = 0 AND c.relblocknumber = 0)",
+        )
+        .expect("changed_blocks");
+        assert_eq!(found, Some(true));
+        let created = Spi::get_one::<i64>(
+            "SELECT limit_block FROM blockbackup.changed_relations(
+                        (SELECT min(start_lsn) FROM blockbackup.summaries()),
+                        (SELECT max(end_lsn) FROM blockbackup.summaries())) c
+                     WHERE c.relfilenode = pg_relation_filenode('bb_changed') AND c.relforknumber = 0",
+        )
+        .expect("changed_relations");
+        assert_eq!(created, Some(0), "a table created in the range has limit block 0");
+    }
+
+    #[pg_test(error = "changed blocks cannot be computed: start LSN 0/2000 is after end LSN 0/1000")]
+    fn a_reversed_range_is_refused() {
+        Spi::run("SELECT * FROM blockbackup.changed_blocks('0/2000', '0/1000')").expect("unreachable");
+    }
+
+    #[pg_test]
+    fn a_range_past_the_summaries_is_refused_with_55000() {
+        wait_for_worker();
+        let state = Spi::get_one::<String>(
+            "DO $$ BEGIN
+                 PERFORM * FROM blockbackup.changed_blocks('0/1000', '7FFFFFFF/0');
+             EXCEPTION WHEN OTHERS THEN
+                 RAISE NOTICE 'state %', SQLSTATE;
+                 PERFORM set_config('bb.state', SQLSTATE, true);
+             END $$;
+             SELECT current_setting('bb.state', true)",
+        );
+        // Spi::get_one on a multi-statement string returns the last result.
+        assert_eq!(state.ok().flatten().as_deref(), Some("55000"));
+    }
+}
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "shared_preload_libraries = 'pg_blockbackup'",
+            "wal_level = replica",
+            "max_wal_senders = 4",
+            "max_replication_slots = 4",
+        ]
+    }
+}
