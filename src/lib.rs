@@ -9,10 +9,10 @@ use pgrx::prelude::*;
 
 mod api;
 mod errors;
-mod pg_lsn;
 mod server_tests;
 mod settings;
 mod shared_state;
+mod sql_types;
 mod summarizer;
 mod summary_store;
 mod timeline;

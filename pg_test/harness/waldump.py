@@ -82,8 +82,12 @@ class ChangeModel:
             self.set_limit((*rel_key[:3], fork), 0)
 
     def drop_database(self, spc, db):
+        """A database created or dropped voids what its relations recorded
+        before: the database-level entry (relation 0, limit 0) covers them."""
         for key in [k for k in self.fork_blocks if k[:2] == (spc, db)]:
             del self.fork_blocks[key]
+        for key in [k for k in self.limits if k[:2] == (spc, db)]:
+            del self.limits[key]
         self.limits[(spc, db, 0, 0)] = 0
 
 

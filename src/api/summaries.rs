@@ -8,7 +8,7 @@ use blockbackup_core::{relation_path, BlockMap, Lsn};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::pg_lsn::PgLsn;
+use crate::sql_types::{PgLsn, ZeroableOid};
 use crate::{errors, settings, shared_state, summarizer, summary_store};
 
 #[pg_extern(volatile, parallel_safe)]
@@ -70,9 +70,9 @@ fn changed_blocks(
 ) -> TableIterator<
     'static,
     (
-        name!(reltablespace, pg_sys::Oid),
-        name!(reldatabase, pg_sys::Oid),
-        name!(relfilenode, pg_sys::Oid),
+        name!(reltablespace, ZeroableOid),
+        name!(reldatabase, ZeroableOid),
+        name!(relfilenode, ZeroableOid),
         name!(relforknumber, i16),
         name!(relblocknumber, i64),
     ),
@@ -81,9 +81,9 @@ fn changed_blocks(
     TableIterator::new(changes.into_sorted_entries().into_iter().flat_map(|(rf, fork)| {
         fork.blocks.into_iter().map(move |block| {
             (
-                pg_sys::Oid::from(rf.spc_oid),
-                pg_sys::Oid::from(rf.db_oid),
-                pg_sys::Oid::from(rf.rel_number),
+                ZeroableOid(rf.spc_oid),
+                ZeroableOid(rf.db_oid),
+                ZeroableOid(rf.rel_number),
                 rf.fork as i16,
                 block as i64,
             )
@@ -98,9 +98,9 @@ fn changed_relations(
 ) -> TableIterator<
     'static,
     (
-        name!(reltablespace, pg_sys::Oid),
-        name!(reldatabase, pg_sys::Oid),
-        name!(relfilenode, pg_sys::Oid),
+        name!(reltablespace, ZeroableOid),
+        name!(reldatabase, ZeroableOid),
+        name!(relfilenode, ZeroableOid),
         name!(relforknumber, i16),
         name!(limit_block, Option<i64>),
         name!(changed_blocks, i64),
@@ -111,9 +111,9 @@ fn changed_relations(
     let version_dir = tablespace_version_directory();
     TableIterator::new(changes.into_sorted_entries().into_iter().map(move |(rf, fork)| {
         (
-            pg_sys::Oid::from(rf.spc_oid),
-            pg_sys::Oid::from(rf.db_oid),
-            pg_sys::Oid::from(rf.rel_number),
+            ZeroableOid(rf.spc_oid),
+            ZeroableOid(rf.db_oid),
+            ZeroableOid(rf.rel_number),
             rf.fork as i16,
             fork.limit_block.map(i64::from),
             fork.blocks.len() as i64,
@@ -122,7 +122,7 @@ fn changed_relations(
     }))
 }
 
-#[pg_extern(volatile, parallel_safe)]
+#[pg_extern(volatile)]
 fn wait_for_summary(lsn: PgLsn, timeout_ms: default!(i32, 60000)) -> PgLsn {
     let shared = shared_state::get();
     if !settings::SUMMARIZE_WAL.get() {

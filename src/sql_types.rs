@@ -1,4 +1,6 @@
-//! `pg_lsn` as a pgrx argument and result type (pgrx has none of its own).
+//! SQL types pgrx does not map the way our contract needs: `pg_lsn` (pgrx
+//! has none) and an `oid` that may be 0 (pgrx turns InvalidOid into NULL,
+//! but a shared relation's database really is 0).
 
 use blockbackup_core::Lsn;
 use pgrx::prelude::*;
@@ -42,5 +44,27 @@ unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for PgLsn {
 unsafe impl pgrx::callconv::BoxRet for PgLsn {
     unsafe fn box_into<'fcx>(self, fcinfo: &mut pgrx::callconv::FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
         unsafe { fcinfo.return_raw_datum(pg_sys::Datum::from(self.0 .0)) }
+    }
+}
+
+/// An `oid` result that stays 0 instead of becoming NULL.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ZeroableOid(pub u32);
+
+impl IntoDatum for ZeroableOid {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(pg_sys::Datum::from(self.0))
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::OIDOID
+    }
+}
+
+impl_sql_translatable!(ZeroableOid, "oid");
+
+unsafe impl pgrx::callconv::BoxRet for ZeroableOid {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut pgrx::callconv::FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(pg_sys::Datum::from(self.0)) }
     }
 }
