@@ -125,8 +125,10 @@ def test_bad_input():
         sums = ext.summaries(c)
         assert sums, "no summaries after wait_for_summary"
         lo, hi = sums[0].start_lsn, sums[-1].end_lsn
-        state, _ = c.sql_error(f"SELECT * FROM blockbackup.changed_blocks('{hi}', '{lo}')")
-        assert state, "start > end must be an error"
+        expect_error(c, f"SELECT * FROM blockbackup.changed_blocks('{hi}', '{lo}')", "22023",
+                     contains="is after end LSN")
+        expect_error(c, "SELECT blockbackup.wait_for_summary('7FFFFFFF/0', 100)", "22023",
+                     contains="ahead of the current WAL insert position")
         expect_error(c, f"SELECT * FROM blockbackup.changed_blocks('{lo}', '7FFFFFFF/0')", "55000")
         expect_error(c, f"SELECT * FROM blockbackup.changed_blocks('0/10', '{hi}')", "55000")
         c.sql("CREATE ROLE plain LOGIN")
@@ -145,13 +147,20 @@ def set_summarize_wal(cluster, on):
 def test_toggle_summarize_wal():
     with TestDir() as td:
         c = extension_cluster(td)
+        first = checkpointed_lsn(c)
         set_summarize_wal(c, False)
         wait_until(lambda: ext.status(c).summarizer_pid is None, timeout=10,
                    what="summarizer_pid to become NULL")
+        expect_error(c, "SELECT blockbackup.wait_for_summary(pg_current_wal_lsn(), 100)", "55000",
+                     contains="disabled")
+        assert c.sql_value("SELECT count(*) FROM pg_replication_slots "
+                           "WHERE slot_name = 'pg_blockbackup'") == "0", "slot kept while off"
         run_workload(c, "off")
         set_summarize_wal(c, True)
         wait_until(lambda: ext.summarizer_pid(c), timeout=10, what="the summarizer to resume")
-        first = checkpointed_lsn(c)
+        # The WAL written while off is still there (wal_keep_size): the
+        # summarizer resumes where it stopped and the range across the
+        # pause is answered exactly, without a gap.
         run_workload(c, "on")
         last = checkpointed_lsn(c)
         start, end = summarized_range(c, first, last)
@@ -185,3 +194,30 @@ def test_standby_promotion():
         tlis = {s.tli for s in ext.summaries(standby)}
         assert 2 in tlis, f"no summary on timeline 2: {tlis}"
         check_both_oracles(standby, start2, end2, timeline=2)
+
+
+def test_gap_when_wal_was_removed():
+    with TestDir() as td:
+        c = extension_cluster(td, wal_keep_size="0", max_wal_size="32MB", min_wal_size="32MB")
+        before = checkpointed_lsn(c)
+        ext.wait_for_summary(c, before)
+        set_summarize_wal(c, False)
+        wait_until(lambda: ext.status(c).summarizer_pid is None, timeout=10,
+                   what="summarizer_pid to become NULL")
+        c.sql("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad "
+              "FROM generate_series(1, 200000) g")
+        for _ in range(3):
+            c.sql("SELECT pg_switch_wal(); CHECKPOINT;")
+        set_summarize_wal(c, True)
+        wait_until(lambda: ext.summarizer_pid(c), timeout=10, what="the summarizer to resume")
+        after = checkpointed_lsn(c)
+        ext.wait_for_summary(c, after)
+        message = expect_error(
+            c, f"SELECT count(*) FROM blockbackup.changed_blocks('{before}', '{after}')",
+            "55000", contains="was not summarized")
+        assert "removed before it was summarized" in message, message
+        newest = ext.summaries(c)[-1]
+        c.sql(f"SELECT count(*) FROM blockbackup.changed_blocks('{newest.start_lsn}', "
+              f"'{newest.end_lsn}')")
+        gaps = glob.glob(os.path.join(c.datadir, "pg_blockbackup", "summaries", "*.gap"))
+        assert len(gaps) == 1, gaps
