@@ -17,6 +17,8 @@ echo "== in-server: cargo pgrx test pg15"
 pgrx_data=/var/tmp/pg_blockbackup-pgrx-test
 install -d -o postgres -g postgres "$pgrx_data"
 cargo pgrx test pg15 --runas postgres --pgdata "$pgrx_data/data"
+# pgrx test installed a debug build; the scenarios run the release one.
+scripts/setup.sh
 
 echo "== real clusters: pg_test/run.py"
 python3 pg_test/run.py "$@"

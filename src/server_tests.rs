@@ -54,7 +54,8 @@ mod tests {
         Spi::run("CREATE TABLE bb_changed(i int); INSERT INTO bb_changed SELECT generate_series(1, 1000)")
             .expect("workload");
         let summarized = Spi::get_one::<String>(
-            "SELECT blockbackup.wait_for_summary(pg_current_wal_lsn(), 30000)::text",
+            // The insert position: the test's own transaction is still open.
+            "SELECT blockbackup.wait_for_summary(pg_current_wal_insert_lsn(), 30000)::text",
         )
         .expect("wait");
         assert!(summarized.is_some());

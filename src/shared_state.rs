@@ -86,6 +86,11 @@ pub fn get() -> &'static SummarizerShared {
     }
 }
 
+/// Errors unless the library was preloaded (the worker and this state exist).
+pub fn ensure_preloaded() {
+    get();
+}
+
 impl SummarizerShared {
     pub fn attach_worker(&self) {
         unsafe {

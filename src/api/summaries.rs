@@ -40,22 +40,30 @@ fn summaries() -> TableIterator<
         name!(tli, i64),
         name!(start_lsn, PgLsn),
         name!(end_lsn, PgLsn),
-        name!(relation_forks, i64),
-        name!(blocks, i64),
+        name!(relation_forks, Option<i64>),
+        name!(blocks, Option<i64>),
         name!(size_bytes, i64),
     ),
 > {
-    shared_state::get();
+    shared_state::ensure_preloaded();
     let rows: Vec<_> = summary_store::list()
         .into_iter()
         .map(|entry| {
-            let (_, map) = blockbackup_core::read_summary(&entry.path).unwrap_or_else(|e| errors::summary_store(e));
+            // A damaged file is listed (with unknown counts) so that the
+            // listing still shows what exists; queries over it fail.
+            let counts = match blockbackup_core::read_summary(&entry.path) {
+                Ok((_, map)) => (Some(map.len_forks() as i64), Some(map.total_blocks() as i64)),
+                Err(e) => {
+                    warning!("pg_blockbackup: {e}");
+                    (None, None)
+                }
+            };
             (
                 entry.name.timeline as i64,
                 PgLsn(entry.name.start_lsn),
                 PgLsn(entry.name.end_lsn),
-                map.len_forks() as i64,
-                map.total_blocks() as i64,
+                counts.0,
+                counts.1,
                 entry.size_bytes as i64,
             )
         })
@@ -131,7 +139,7 @@ fn wait_for_summary(lsn: PgLsn, timeout_ms: default!(i32, 60000)) -> PgLsn {
     if timeout_ms < 0 {
         errors::invalid_argument(format!("timeout_ms must not be negative, got {timeout_ms}"), "Pass 0 to check without waiting.");
     }
-    refuse_future_lsn(lsn.0);
+    flush_or_refuse_future_lsn(lsn.0);
     let deadline = Instant::now() + Duration::from_millis(timeout_ms as u64);
     loop {
         let summarized = Lsn(shared.summarized_lsn.load(Ordering::Acquire));
@@ -152,13 +160,15 @@ fn wait_for_summary(lsn: PgLsn, timeout_ms: default!(i32, 60000)) -> PgLsn {
 }
 
 fn changes_for(start_lsn: PgLsn, end_lsn: PgLsn) -> BlockMap {
-    shared_state::get();
+    shared_state::ensure_preloaded();
     summary_store::changes_between(start_lsn.0, end_lsn.0)
 }
 
 /// On a primary, WAL past the insert position does not exist yet: waiting
-/// for it would only time out.
-fn refuse_future_lsn(lsn: Lsn) {
+/// for it would only time out. WAL inserted but not yet flushed (records
+/// of a transaction still open, say) is flushed here, since the worker
+/// reads only flushed WAL.
+fn flush_or_refuse_future_lsn(lsn: Lsn) {
     unsafe {
         if pg_sys::RecoveryInProgress() {
             return;
@@ -170,6 +180,7 @@ fn refuse_future_lsn(lsn: Lsn) {
                 "Pass an LSN the server has written, such as pg_current_wal_lsn().",
             );
         }
+        pg_sys::XLogFlush(lsn.0);
     }
 }
 

@@ -196,6 +196,7 @@ impl Summarizer {
         self.start = start;
         self.shared.publish_summary(self.timeline, start.0);
         slot::move_restart_lsn(start);
+        self.expire_old_summaries();
     }
 
     /// Follows the server to a new timeline (promotion, or a standby that
