@@ -2,6 +2,7 @@
 They FAIL (never skip) when the extension is not installed."""
 import glob
 import os
+import signal
 import time
 
 from harness import extension as ext
@@ -221,3 +222,33 @@ def test_gap_when_wal_was_removed():
               f"'{newest.end_lsn}')")
         gaps = glob.glob(os.path.join(c.datadir, "pg_blockbackup", "summaries", "*.gap"))
         assert len(gaps) == 1, gaps
+
+
+def test_old_summaries_expire():
+    with TestDir() as td:
+        c = extension_cluster(td, **{"blockbackup.summary_keep_time": "1min"})
+        c.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id")
+        ext.wait_for_summary(c, checkpointed_lsn(c))
+        old = ext.summaries(c)
+        summaries_dir = os.path.join(c.datadir, "pg_blockbackup", "summaries")
+        two_days_ago = time.time() - 2 * 86400
+        for s in old:
+            name = f"{s.tli:08X}{summary_name_lsn(s.start_lsn)}{summary_name_lsn(s.end_lsn)}.summary"
+            os.utime(os.path.join(summaries_dir, name), (two_days_ago, two_days_ago))
+        # A restarted worker looks for expired summaries at once; SIGTERM
+        # makes it exit so that the postmaster restarts it.
+        pid = ext.summarizer_pid(c)
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: ext.summarizer_pid(c) not in (None, pid), timeout=30,
+                   what="the summarizer to restart")
+        c.sql("CREATE TABLE u AS SELECT generate_series(1, 1000) AS id")
+        ext.wait_for_summary(c, checkpointed_lsn(c))
+        wait_until(lambda: not set(old) & set(ext.summaries(c)), timeout=30,
+                   what="aged summaries to be removed")
+        expect_error(c, f"SELECT count(*) FROM blockbackup.changed_blocks('{old[0].start_lsn}', "
+                        f"'{old[-1].end_lsn}')", "55000", contains="older than every WAL summary")
+
+
+def summary_name_lsn(lsn):
+    value = parse_lsn(lsn)
+    return f"{value >> 32:08X}{value & 0xFFFFFFFF:08X}"

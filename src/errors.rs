@@ -36,7 +36,12 @@ pub fn summarization_disabled() -> ! {
 }
 
 pub fn invalid_argument(message: String, hint: &str) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, None, Some(hint))
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        message,
+        None,
+        Some(hint),
+    )
 }
 
 pub fn wait_timed_out(requested: String, summarized: String, timeout_ms: i32) -> ! {
@@ -67,7 +72,12 @@ pub fn coverage(error: CoverageError) -> ! {
             "Changes inside a gap cannot be known: take a full backup, and keep blockbackup.summarize_wal on so that the summarizer's replication slot holds WAL.",
         ),
     };
-    raise(code, format!("changed blocks cannot be computed: {error}"), None, Some(hint))
+    raise(
+        code,
+        format!("changed blocks cannot be computed: {error}"),
+        None,
+        Some(hint),
+    )
 }
 
 pub fn summary_store(error: SummaryDirError) -> ! {

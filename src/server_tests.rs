@@ -9,8 +9,9 @@ mod tests {
 
     fn wait_for_worker() -> i32 {
         for _ in 0..200 {
-            let pid = Spi::get_one::<i32>("SELECT summarizer_pid FROM blockbackup.summarizer_status()")
-                .expect("status query");
+            let pid =
+                Spi::get_one::<i32>("SELECT summarizer_pid FROM blockbackup.summarizer_status()")
+                    .expect("status query");
             if let Some(pid) = pid {
                 return pid;
             }
@@ -75,12 +76,19 @@ mod tests {
                      WHERE c.relfilenode = pg_relation_filenode('bb_changed') AND c.relforknumber = 0",
         )
         .expect("changed_relations");
-        assert_eq!(created, Some(0), "a table created in the range has limit block 0");
+        assert_eq!(
+            created,
+            Some(0),
+            "a table created in the range has limit block 0"
+        );
     }
 
-    #[pg_test(error = "changed blocks cannot be computed: start LSN 0/2000 is after end LSN 0/1000")]
+    #[pg_test(
+        error = "changed blocks cannot be computed: start LSN 0/2000 is after end LSN 0/1000"
+    )]
     fn a_reversed_range_is_refused() {
-        Spi::run("SELECT * FROM blockbackup.changed_blocks('0/2000', '0/1000')").expect("unreachable");
+        Spi::run("SELECT * FROM blockbackup.changed_blocks('0/2000', '0/1000')")
+            .expect("unreachable");
     }
 
     #[pg_test]

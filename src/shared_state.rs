@@ -94,7 +94,8 @@ pub fn ensure_preloaded() {
 impl SummarizerShared {
     pub fn attach_worker(&self) {
         unsafe {
-            self.worker_latch.store(pg_sys::MyLatch as usize, Ordering::Release);
+            self.worker_latch
+                .store(pg_sys::MyLatch as usize, Ordering::Release);
         }
     }
 

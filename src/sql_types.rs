@@ -16,7 +16,11 @@ impl From<Lsn> for PgLsn {
 }
 
 impl FromDatum for PgLsn {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
         (!is_null).then(|| PgLsn(Lsn(datum.value() as u64)))
     }
 }
@@ -42,7 +46,10 @@ unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for PgLsn {
 }
 
 unsafe impl pgrx::callconv::BoxRet for PgLsn {
-    unsafe fn box_into<'fcx>(self, fcinfo: &mut pgrx::callconv::FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
         unsafe { fcinfo.return_raw_datum(pg_sys::Datum::from(self.0 .0)) }
     }
 }
@@ -64,7 +71,10 @@ impl IntoDatum for ZeroableOid {
 impl_sql_translatable!(ZeroableOid, "oid");
 
 unsafe impl pgrx::callconv::BoxRet for ZeroableOid {
-    unsafe fn box_into<'fcx>(self, fcinfo: &mut pgrx::callconv::FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
         unsafe { fcinfo.return_raw_datum(pg_sys::Datum::from(self.0)) }
     }
 }

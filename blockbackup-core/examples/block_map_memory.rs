@@ -41,7 +41,10 @@ fn next(state: &mut u64) -> u64 {
 }
 
 fn main() {
-    let blocks: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5_000_000);
+    let blocks: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5_000_000);
     let relations = 1000u64;
     let per_relation = blocks / relations;
     let baseline = CURRENT.load(Ordering::Relaxed);
@@ -58,7 +61,12 @@ fn main() {
     let began = Instant::now();
     let mut map = BlockMap::new();
     for &n in &order {
-        let rf = RelFork { spc_oid: 1663, db_oid: 5, rel_number: 16384 + (n / per_relation) as u32, fork: ForkNumber::Main };
+        let rf = RelFork {
+            spc_oid: 1663,
+            db_oid: 5,
+            rel_number: 16384 + (n / per_relation) as u32,
+            fork: ForkNumber::Main,
+        };
         let block = (n % per_relation) as u32;
         map.mark_block_modified(rf, block);
         map.mark_block_modified(rf, block);
@@ -67,17 +75,43 @@ fn main() {
     let map_bytes = CURRENT.load(Ordering::Relaxed) - baseline - order_bytes;
     drop(order);
 
-    let header = SummaryHeader { timeline: 1, start_lsn: Lsn(0), end_lsn: Lsn(1) };
+    let header = SummaryHeader {
+        timeline: 1,
+        start_lsn: Lsn(0),
+        end_lsn: Lsn(1),
+    };
     let began = Instant::now();
     let encoded = encode_summary(&header, &map);
     let encode_time = began.elapsed();
 
     println!("distinct blocks        {}", map.total_blocks());
     println!("block references       {}", 2 * blocks);
-    println!("map heap bytes         {} ({:.1} MB, {:.2} bytes/block)", map_bytes, map_bytes as f64 / 1048576.0, map_bytes as f64 / blocks as f64);
-    println!("map estimate           {} ({:.1} MB)", map.approx_memory_bytes(), map.approx_memory_bytes() as f64 / 1048576.0);
-    println!("peak heap (whole run)  {:.1} MB", PEAK.load(Ordering::Relaxed) as f64 / 1048576.0);
-    println!("summary file           {} bytes ({:.2} bytes/block)", encoded.len(), encoded.len() as f64 / blocks as f64);
-    println!("mark_block_modified    {:.1} ns/reference", insert_time.as_nanos() as f64 / (2 * blocks) as f64);
-    println!("encode                 {:.1} ms", encode_time.as_secs_f64() * 1000.0);
+    println!(
+        "map heap bytes         {} ({:.1} MB, {:.2} bytes/block)",
+        map_bytes,
+        map_bytes as f64 / 1048576.0,
+        map_bytes as f64 / blocks as f64
+    );
+    println!(
+        "map estimate           {} ({:.1} MB)",
+        map.approx_memory_bytes(),
+        map.approx_memory_bytes() as f64 / 1048576.0
+    );
+    println!(
+        "peak heap (whole run)  {:.1} MB",
+        PEAK.load(Ordering::Relaxed) as f64 / 1048576.0
+    );
+    println!(
+        "summary file           {} bytes ({:.2} bytes/block)",
+        encoded.len(),
+        encoded.len() as f64 / blocks as f64
+    );
+    println!(
+        "mark_block_modified    {:.1} ns/reference",
+        insert_time.as_nanos() as f64 / (2 * blocks) as f64
+    );
+    println!(
+        "encode                 {:.1} ms",
+        encode_time.as_secs_f64() * 1000.0
+    );
 }

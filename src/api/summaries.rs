@@ -52,7 +52,10 @@ fn summaries() -> TableIterator<
             // A damaged file is listed (with unknown counts) so that the
             // listing still shows what exists; queries over it fail.
             let counts = match blockbackup_core::read_summary(&entry.path) {
-                Ok((_, map)) => (Some(map.len_forks() as i64), Some(map.total_blocks() as i64)),
+                Ok((_, map)) => (
+                    Some(map.len_forks() as i64),
+                    Some(map.total_blocks() as i64),
+                ),
                 Err(e) => {
                     warning!("pg_blockbackup: {e}");
                     (None, None)
@@ -86,17 +89,22 @@ fn changed_blocks(
     ),
 > {
     let changes = changes_for(start_lsn, end_lsn);
-    TableIterator::new(changes.into_sorted_entries().into_iter().flat_map(|(rf, fork)| {
-        fork.blocks.into_iter().map(move |block| {
-            (
-                ZeroableOid(rf.spc_oid),
-                ZeroableOid(rf.db_oid),
-                ZeroableOid(rf.rel_number),
-                rf.fork as i16,
-                block as i64,
-            )
-        })
-    }))
+    TableIterator::new(
+        changes
+            .into_sorted_entries()
+            .into_iter()
+            .flat_map(|(rf, fork)| {
+                fork.blocks.into_iter().map(move |block| {
+                    (
+                        ZeroableOid(rf.spc_oid),
+                        ZeroableOid(rf.db_oid),
+                        ZeroableOid(rf.rel_number),
+                        rf.fork as i16,
+                        block as i64,
+                    )
+                })
+            }),
+    )
 }
 
 #[pg_extern(volatile, parallel_safe)]
@@ -117,17 +125,22 @@ fn changed_relations(
 > {
     let changes = changes_for(start_lsn, end_lsn);
     let version_dir = tablespace_version_directory();
-    TableIterator::new(changes.into_sorted_entries().into_iter().map(move |(rf, fork)| {
-        (
-            ZeroableOid(rf.spc_oid),
-            ZeroableOid(rf.db_oid),
-            ZeroableOid(rf.rel_number),
-            rf.fork as i16,
-            fork.limit_block.map(i64::from),
-            fork.blocks.len() as i64,
-            relation_path(&rf, &version_dir),
-        )
-    }))
+    TableIterator::new(
+        changes
+            .into_sorted_entries()
+            .into_iter()
+            .map(move |(rf, fork)| {
+                (
+                    ZeroableOid(rf.spc_oid),
+                    ZeroableOid(rf.db_oid),
+                    ZeroableOid(rf.rel_number),
+                    rf.fork as i16,
+                    fork.limit_block.map(i64::from),
+                    fork.blocks.len() as i64,
+                    relation_path(&rf, &version_dir),
+                )
+            }),
+    )
 }
 
 #[pg_extern(volatile)]
@@ -137,7 +150,10 @@ fn wait_for_summary(lsn: PgLsn, timeout_ms: default!(i32, 60000)) -> PgLsn {
         errors::summarization_disabled();
     }
     if timeout_ms < 0 {
-        errors::invalid_argument(format!("timeout_ms must not be negative, got {timeout_ms}"), "Pass 0 to check without waiting.");
+        errors::invalid_argument(
+            format!("timeout_ms must not be negative, got {timeout_ms}"),
+            "Pass 0 to check without waiting.",
+        );
     }
     flush_or_refuse_future_lsn(lsn.0);
     let deadline = Instant::now() + Duration::from_millis(timeout_ms as u64);

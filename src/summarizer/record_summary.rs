@@ -29,7 +29,10 @@ pub enum Boundary {
 ///
 /// # Safety
 /// `reader` must hold a successfully decoded record.
-pub unsafe fn summarize_record(reader: *mut pg_sys::XLogReaderState, map: &mut BlockMap) -> Boundary {
+pub unsafe fn summarize_record(
+    reader: *mut pg_sys::XLogReaderState,
+    map: &mut BlockMap,
+) -> Boundary {
     let record = unsafe { &*(*reader).record };
     mark_block_references(record, map);
 
@@ -49,7 +52,9 @@ fn mark_block_references(record: &pg_sys::DecodedXLogRecord, map: &mut BlockMap)
     let count = (record.max_block_id + 1).max(0) as usize;
     let blocks = unsafe { record.blocks.as_slice(count) };
     for block in blocks.iter().filter(|b| b.in_use) {
-        let Some(fork) = ForkNumber::from_i32(block.forknum as i32) else { continue };
+        let Some(fork) = ForkNumber::from_i32(block.forknum) else {
+            continue;
+        };
         if fork == ForkNumber::Fsm {
             continue;
         }
@@ -62,29 +67,41 @@ fn main_data(record: &pg_sys::DecodedXLogRecord) -> &[u8] {
     if record.main_data.is_null() {
         return &[];
     }
-    unsafe { std::slice::from_raw_parts(record.main_data.cast::<u8>(), record.main_data_len as usize) }
+    unsafe {
+        std::slice::from_raw_parts(record.main_data.cast::<u8>(), record.main_data_len as usize)
+    }
 }
 
 fn rel_fork(rel: RelationLocator, fork: ForkNumber) -> RelFork {
-    RelFork { spc_oid: rel.spc_oid, db_oid: rel.db_oid, rel_number: rel.rel_number, fork }
+    RelFork {
+        spc_oid: rel.spc_oid,
+        db_oid: rel.db_oid,
+        rel_number: rel.rel_number,
+        fork,
+    }
 }
 
 fn summarize_storage(info: u8, data: &[u8], map: &mut BlockMap) {
     match info {
         layout::XLOG_SMGR_CREATE => {
             // xl_smgr_create: { locator, fork number }
-            let (Some(rel), Some(fork)) = (layout::relation_at(data, 0), layout::read_u32(data, 12)) else {
+            let (Some(rel), Some(fork)) =
+                (layout::relation_at(data, 0), layout::read_u32(data, 12))
+            else {
                 return;
             };
-            if let Some(fork) = ForkNumber::from_i32(fork as i32).filter(|f| *f != ForkNumber::Fsm) {
+            if let Some(fork) = ForkNumber::from_i32(fork as i32).filter(|f| *f != ForkNumber::Fsm)
+            {
                 map.set_limit_block(rel_fork(rel, fork), 0);
             }
         }
         layout::XLOG_SMGR_TRUNCATE => {
             // xl_smgr_truncate: { heap blocks, locator, flags }
-            let (Some(heap_blocks), Some(rel), Some(flags)) =
-                (layout::read_u32(data, 0), layout::relation_at(data, 4), layout::read_u32(data, 16))
-            else {
+            let (Some(heap_blocks), Some(rel), Some(flags)) = (
+                layout::read_u32(data, 0),
+                layout::relation_at(data, 4),
+                layout::read_u32(data, 16),
+            ) else {
                 return;
             };
             if flags & layout::SMGR_TRUNCATE_HEAP != 0 {
@@ -101,7 +118,11 @@ fn summarize_storage(info: u8, data: &[u8], map: &mut BlockMap) {
 
 /// Relations dropped when a transaction (or a prepared one) commits or
 /// aborts lose every fork.
-unsafe fn summarize_transaction_end(reader: *mut pg_sys::XLogReaderState, info: u8, map: &mut BlockMap) {
+unsafe fn summarize_transaction_end(
+    reader: *mut pg_sys::XLogReaderState,
+    info: u8,
+    map: &mut BlockMap,
+) {
     let op = info & pg_sys::XLOG_XACT_OPMASK as u8;
     let record = unsafe { &*(*reader).record };
     let (locators, count) = match op as u32 {
@@ -123,14 +144,19 @@ unsafe fn summarize_transaction_end(reader: *mut pg_sys::XLogReaderState, info: 
     let dropped = unsafe { std::slice::from_raw_parts(locators, count as usize) };
     for locator in dropped {
         let rel = layout::from_server(locator);
-        for fork in [ForkNumber::Main, ForkNumber::VisibilityMap, ForkNumber::Init] {
+        for fork in [
+            ForkNumber::Main,
+            ForkNumber::VisibilityMap,
+            ForkNumber::Init,
+        ] {
             map.set_limit_block(rel_fork(rel, fork), 0);
         }
     }
 }
 
 fn summarize_database(info: u8, data: &[u8], map: &mut BlockMap) {
-    let is_create = info == layout::dbase::CREATE_FILE_COPY || Some(info) == layout::dbase::CREATE_WAL_LOG;
+    let is_create =
+        info == layout::dbase::CREATE_FILE_COPY || Some(info) == layout::dbase::CREATE_WAL_LOG;
     if is_create {
         // Both create records start with { db_id, tablespace_id }.
         if let (Some(db), Some(spc)) = (layout::read_u32(data, 0), layout::read_u32(data, 4)) {
@@ -152,14 +178,18 @@ fn summarize_database(info: u8, data: &[u8], map: &mut BlockMap) {
 
 fn xlog_boundary(info: u8, data: &[u8]) -> Boundary {
     match info {
-        layout::XLOG_CHECKPOINT_SHUTDOWN | layout::XLOG_CHECKPOINT_ONLINE | layout::XLOG_END_OF_RECOVERY => {
-            Boundary::EndSummaryAfter
+        layout::XLOG_CHECKPOINT_SHUTDOWN
+        | layout::XLOG_CHECKPOINT_ONLINE
+        | layout::XLOG_END_OF_RECOVERY => Boundary::EndSummaryAfter,
+        layout::XLOG_PARAMETER_CHANGE => {
+            match layout::read_u32(data, layout::PARAMETER_CHANGE_WAL_LEVEL_OFFSET) {
+                Some(level) if level < pg_sys::WalLevel::WAL_LEVEL_REPLICA => {
+                    Boundary::WalLevelMinimal
+                }
+                Some(_) => Boundary::WalLevelReplica,
+                None => Boundary::None,
+            }
         }
-        layout::XLOG_PARAMETER_CHANGE => match layout::read_u32(data, layout::PARAMETER_CHANGE_WAL_LEVEL_OFFSET) {
-            Some(level) if level < pg_sys::WalLevel::WAL_LEVEL_REPLICA as u32 => Boundary::WalLevelMinimal,
-            Some(_) => Boundary::WalLevelReplica,
-            None => Boundary::None,
-        },
         _ => Boundary::None,
     }
 }

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use blockbackup_core::{encode_summary, remove_expired, write_file_durably, BlockMap, GapRecord, Lsn, SummaryHeader, SummaryName};
+use blockbackup_core::{
+    encode_summary, remove_expired, write_file_durably, BlockMap, GapRecord, Lsn, SummaryHeader,
+    SummaryName,
+};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -68,11 +71,18 @@ impl Summarizer {
             last_expiry: Instant::now() - EXPIRY_INTERVAL,
         };
         summarizer.refresh_timeline();
-        shared.summarized_tli.store(summarizer.timeline, Ordering::Release);
+        shared
+            .summarized_tli
+            .store(summarizer.timeline, Ordering::Release);
         shared.summarized_lsn.store(start.0, Ordering::Release);
         shared.pending_lsn.store(start.0, Ordering::Release);
-        shared.summarizing_pid.store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
-        log!("pg_blockbackup: summarizing WAL from {start} on timeline {}", summarizer.timeline);
+        shared
+            .summarizing_pid
+            .store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
+        log!(
+            "pg_blockbackup: summarizing WAL from {start} on timeline {}",
+            summarizer.timeline
+        );
         summarizer
     }
 
@@ -93,9 +103,7 @@ impl Summarizer {
                     records_since_check = 0;
                 }
                 NextRecord::EndOfWal => {
-                    if self.flush_requested(self.read_to) {
-                        self.write_summary(self.read_to);
-                    }
+                    self.write_summary_if_awaited(self.read_to);
                     self.refresh_timeline();
                     self.expire_old_summaries();
                     wait_for_event(nap);
@@ -108,7 +116,10 @@ impl Summarizer {
                 self.write_summary(self.read_to);
                 slot::drop_held();
                 self.shared.summarizing_pid.store(0, Ordering::Release);
-                log!("pg_blockbackup: WAL summarization stopped at {}", self.read_to);
+                log!(
+                    "pg_blockbackup: WAL summarization stopped at {}",
+                    self.read_to
+                );
                 return;
             }
         }
@@ -145,25 +156,30 @@ impl Summarizer {
             }
             _ => {}
         }
-        if self.map.approx_memory_bytes() >= self.memory_cap() || self.flush_requested(end) {
+        if self.map.approx_memory_bytes() >= self.memory_cap() {
             self.write_summary(end);
         }
+        self.write_summary_if_awaited(end);
     }
 
     fn memory_cap(&self) -> usize {
         settings::SUMMARIZER_MAX_MEMORY_MB.get().max(1) as usize * 1024 * 1024
     }
 
-    /// Whether a waiting backend needs the WAL up to `end` summarized.
-    fn flush_requested(&self, end: Lsn) -> bool {
+    /// Writes a summary when a waiting backend needs the WAL up to `end`.
+    /// It ends where the next record will start (see `next_record_start`),
+    /// the LSN such a backend asks for.
+    fn write_summary_if_awaited(&mut self, end: Lsn) {
         let requested = Lsn(self.shared.flush_request_lsn.load(Ordering::Acquire));
-        requested > self.start && requested <= next_record_start(end)
+        let end = next_record_start(end);
+        if requested > self.start && requested <= end {
+            self.write_summary(end);
+        }
     }
 
     /// Makes everything read since `self.start` a durable summary ending at
     /// `end`, then lets the slot release the WAL before it.
     fn write_summary(&mut self, end: Lsn) {
-        let end = next_record_start(end);
         if end <= self.start {
             return;
         }
@@ -172,20 +188,26 @@ impl Summarizer {
             self.map = BlockMap::new();
             return;
         }
-        let header = SummaryHeader { timeline: self.timeline, start_lsn: self.start, end_lsn: end };
-        let name = SummaryName { timeline: self.timeline, start_lsn: self.start, end_lsn: end };
+        let header = SummaryHeader {
+            timeline: self.timeline,
+            start_lsn: self.start,
+            end_lsn: end,
+        };
+        let name = SummaryName::from(header);
         let bytes = encode_summary(&header, &self.map);
-        write_file_durably(&self.dir, &name.file_name(), &bytes).unwrap_or_else(|e| errors::summary_store(e));
+        write_file_durably(&self.dir, &name.file_name(), &bytes)
+            .unwrap_or_else(|e| errors::summary_store(e));
         self.begin_next(end);
     }
 
     fn record_minimal_gap(&mut self, since: Lsn, end: Lsn) {
-        let end = next_record_start(end);
         let gap = GapRecord {
             timeline: self.timeline,
             start_lsn: since,
             end_lsn: end,
-            reason: format!("wal_level was below replica from {since} to {end}: pages could change without WAL"),
+            reason: format!(
+                "wal_level was below replica from {since} to {end}: pages could change without WAL"
+            ),
         };
         start_point::write_gap(&self.dir, &gap);
         self.begin_next(end);
@@ -231,7 +253,10 @@ impl Summarizer {
         let keep = Duration::from_secs(keep_minutes as u64 * 60);
         match remove_expired(&self.dir, keep, SystemTime::now()) {
             Ok(removed) if !removed.is_empty() => {
-                log!("pg_blockbackup: removed {} WAL summaries older than {keep_minutes} min", removed.len())
+                log!(
+                    "pg_blockbackup: removed {} WAL summaries older than {keep_minutes} min",
+                    removed.len()
+                )
             }
             Ok(_) => {}
             Err(e) => warning!("pg_blockbackup: could not remove old WAL summaries: {e}"),
@@ -241,15 +266,17 @@ impl Summarizer {
 
 /// A record that ends exactly at a page boundary is followed by the next
 /// page's header: the next record starts after it, which is also what
-/// `pg_current_wal_lsn()` reports. Summaries end there so that a backend
-/// waiting for that LSN sees it covered.
+/// `pg_current_wal_lsn()` reports. Summaries written for a waiting backend
+/// end there so that it sees that LSN covered. Other summaries end exactly
+/// at a record's end, so that a timeline's last one ends at its switch
+/// point, where the history says the next timeline begins.
 fn next_record_start(end: Lsn) -> Lsn {
     let page = pg_sys::XLOG_BLCKSZ as u64;
-    if end.0 % page != 0 {
+    if !end.0.is_multiple_of(page) {
         return end;
     }
     let segment = unsafe { pg_sys::wal_segment_size } as u64;
-    let header = if end.0 % segment == 0 {
+    let header = if end.0.is_multiple_of(segment) {
         std::mem::size_of::<pg_sys::XLogLongPageHeaderData>()
     } else {
         std::mem::size_of::<pg_sys::XLogPageHeaderData>()

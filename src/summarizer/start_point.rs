@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use blockbackup_core::{list_gaps, list_summaries, write_file_durably, GapRecord, Lsn, TimelineSpan};
+use blockbackup_core::{
+    list_gaps, list_summaries, write_file_durably, GapRecord, Lsn, TimelineSpan,
+};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -79,7 +81,11 @@ fn wal_present(lsn: Lsn) -> bool {
         return false;
     }
     let segments_per_id = 0x1_0000_0000u64 / segment_size;
-    let suffix = format!("{:08X}{:08X}", segno / segments_per_id, segno % segments_per_id);
+    let suffix = format!(
+        "{:08X}{:08X}",
+        segno / segments_per_id,
+        segno % segments_per_id
+    );
     let Ok(entries) = std::fs::read_dir("pg_wal") else {
         return false;
     };

@@ -19,7 +19,11 @@ unsafe extern "C-unwind" {
         target_record: pg_sys::XLogRecPtr,
         page: *mut std::ffi::c_char,
     ) -> std::ffi::c_int;
-    fn wal_segment_open(state: *mut pg_sys::XLogReaderState, segment: pg_sys::XLogSegNo, tli: *mut pg_sys::TimeLineID);
+    fn wal_segment_open(
+        state: *mut pg_sys::XLogReaderState,
+        segment: pg_sys::XLogSegNo,
+        tli: *mut pg_sys::TimeLineID,
+    );
     fn wal_segment_close(state: *mut pg_sys::XLogReaderState);
 }
 
@@ -74,7 +78,10 @@ impl WalReader {
         let record = unsafe { pg_sys::XLogReadRecord(self.state, &mut errormsg) };
         if !record.is_null() {
             let (start, end) = unsafe { ((*self.state).ReadRecPtr, (*self.state).EndRecPtr) };
-            return NextRecord::Record { start: Lsn(start), end: Lsn(end) };
+            return NextRecord::Record {
+                start: Lsn(start),
+                end: Lsn(end),
+            };
         }
         if self.private.end_of_wal {
             return NextRecord::EndOfWal;
@@ -82,7 +89,9 @@ impl WalReader {
         let reason = if errormsg.is_null() {
             "unknown error".to_string()
         } else {
-            unsafe { CStr::from_ptr(errormsg) }.to_string_lossy().into_owned()
+            unsafe { CStr::from_ptr(errormsg) }
+                .to_string_lossy()
+                .into_owned()
         };
         let at = unsafe { Lsn((*self.state).EndRecPtr) };
         ereport!(
