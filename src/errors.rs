@@ -1,5 +1,7 @@
 //! Where the typed errors of the pure crate become `ereport`s with SQLSTATEs.
 
+use blockbackup_core::reconstruct::RestoreError;
+use blockbackup_core::repository::RepositoryError;
 use blockbackup_core::{CoverageError, SummaryDirError};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -90,5 +92,124 @@ pub fn summary_store(error: SummaryDirError) -> ! {
         format!("could not read WAL summaries: {error}"),
         None,
         Some("A damaged summary file cannot be trusted: remove it (and every later one on its timeline) only together with taking a new full backup, or restore it from a copy."),
+    )
+}
+
+pub fn repository_unset() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "blockbackup.repository is not set".into(),
+        None,
+        Some("ALTER SYSTEM SET blockbackup.repository = '/path/outside/the/data/directory'; SELECT pg_reload_conf();"),
+    )
+}
+
+pub fn no_parent_backup() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "no backup in the repository can be the parent of an incremental backup".into(),
+        Some("A parent must be DONE or OK, of this cluster, and on the server's current timeline history.".into()),
+        Some("Take a full backup first: SELECT * FROM blockbackup.take_backup('full');"),
+    )
+}
+
+pub fn incremental_impossible(parent: &str, reason: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("an incremental backup on {parent} is not possible: {reason}"),
+        None,
+        Some("Take a full backup, or use mode 'auto', which falls back to a full backup."),
+    )
+}
+
+/// A file operation of a backup failed; a full disk gets its own SQLSTATE.
+pub fn backup_io(message: String) -> ! {
+    let code = if message.contains("No space left on device") || message.contains("os error 28") {
+        PgSqlErrorCode::ERRCODE_DISK_FULL
+    } else {
+        PgSqlErrorCode::ERRCODE_IO_ERROR
+    };
+    raise(
+        code,
+        format!("backup failed: {message}"),
+        None,
+        Some("The backup is marked ERROR and earlier backups are untouched; fix the cause and take the backup again."),
+    )
+}
+
+pub fn session_backup_running() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "a backup started with backup_start() is already running in this session".into(),
+        None,
+        Some("Finish it with SELECT * FROM blockbackup.backup_stop();"),
+    )
+}
+
+pub fn no_session_backup() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "no backup was started with backup_start() in this session".into(),
+        None,
+        Some("backup_start() and backup_stop() must be called in the same session."),
+    )
+}
+
+fn is_disk_full(error: &std::io::Error) -> bool {
+    error.raw_os_error() == Some(28)
+}
+
+pub fn repository(error: RepositoryError) -> ! {
+    use RepositoryError as E;
+    let (code, hint) = match &error {
+        E::Io { source, .. } if is_disk_full(source) => {
+            (PgSqlErrorCode::ERRCODE_DISK_FULL, "Free space in the repository, or expire old backups.")
+        }
+        E::Io { .. } | E::Write(_) => {
+            (PgSqlErrorCode::ERRCODE_IO_ERROR, "Check that the server's OS user can read and write the repository.")
+        }
+        E::InvalidBackupId { .. } => {
+            (PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "Use a backup_id from blockbackup.backups().")
+        }
+        E::BackupNotFound { .. } => {
+            (PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "SELECT backup_id FROM blockbackup.backups(); lists them.")
+        }
+        E::Busy { .. } => (PgSqlErrorCode::ERRCODE_OBJECT_IN_USE, "Wait until the other backup or deletion ends."),
+        E::HasChildren { .. } => (
+            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            "Pass cascade => true to delete the backups that depend on it too.",
+        ),
+        E::NotARepository { .. } | E::NotEmpty { .. } | E::OtherCluster { .. } => (
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "Point blockbackup.repository at an empty directory or at this cluster's repository.",
+        ),
+        E::NotUsable { .. } | E::MissingParent { .. } | E::BrokenChain { .. } | E::ForeignBackup { .. } => (
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "Check blockbackup.backups() and validate_backup(); restore or build on another backup.",
+        ),
+        _ => (
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            "The repository's catalog is damaged; validate_backup() names what is wrong.",
+        ),
+    };
+    raise(code, format!("backup repository: {error}"), None, Some(hint))
+}
+
+pub fn restore(error: RestoreError) -> ! {
+    use RestoreError as E;
+    let code = match &error {
+        E::TargetNotEmpty { .. } | E::BadTablespaceMapping { .. } | E::RecoveryTargetBeforeConsistency { .. } => {
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+        }
+        E::Io { source, .. } if is_disk_full(source) => PgSqlErrorCode::ERRCODE_DISK_FULL,
+        E::Io { .. } => PgSqlErrorCode::ERRCODE_IO_ERROR,
+        E::Cancelled => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+        _ => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+    };
+    raise(
+        code,
+        format!("restore failed: {error}"),
+        None,
+        Some("Nothing usable was left in the target; validate the backups with blockbackup.validate_backup()."),
     )
 }

@@ -8,7 +8,10 @@
 use pgrx::prelude::*;
 
 mod api;
+mod backup;
 mod errors;
+mod replication_slot;
+mod server_paths;
 mod server_tests;
 mod settings;
 mod shared_state;

@@ -1,5 +1,7 @@
 //! The `blockbackup.*` settings.
 
+use std::ffi::CString;
+
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// Summarize WAL in the background worker; off stops the worker's reading
@@ -11,6 +13,16 @@ pub static SUMMARY_KEEP_TIME_MIN: GucSetting<i32> = GucSetting::<i32>::new(10 * 
 
 /// Megabytes of block map the worker may hold before it writes a summary early.
 pub static SUMMARIZER_MAX_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(64);
+
+/// The backup repository directory; only a superuser may set it, since
+/// backups are written there with the server's privileges.
+pub static REPOSITORY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Default compression of take_backup: `none` or `gzip`.
+pub static COMPRESSION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"none"));
+
+/// Default number of copy threads of take_backup and restore_backup.
+pub static PARALLEL: GucSetting<i32> = GucSetting::<i32>::new(1);
 
 pub fn register() {
     GucRegistry::define_bool_guc(
@@ -41,4 +53,35 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::UNIT_MB,
     );
+    GucRegistry::define_string_guc(
+        c"blockbackup.repository",
+        c"Directory where take_backup writes backups (outside the data directory).",
+        c"",
+        &REPOSITORY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"blockbackup.compression",
+        c"Compression of stored backup files: none or gzip.",
+        c"",
+        &COMPRESSION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"blockbackup.parallel",
+        c"Threads that read, checksum, compress and write backup files.",
+        c"",
+        &PARALLEL,
+        1,
+        64,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+/// A string setting as Rust text, None when unset or empty.
+pub fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
+    setting.get().map(|value| value.to_string_lossy().into_owned()).filter(|value| !value.is_empty())
 }

@@ -1,4 +1,5 @@
-//! What the summarizer worker tells the backends, and how backends wake it.
+//! Shared memory: what the summarizer worker tells the backends and how
+//! backends wake it, and the progress of running backups.
 //!
 //! LSNs and the worker's identity are plain atomics: each is written by the
 //! worker alone and read anywhere, so no lock is needed. Backends that wait
@@ -10,7 +11,14 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::backup::progress::BackupProgressTable;
 use crate::errors::not_preloaded;
+
+#[repr(C)]
+struct SharedState {
+    summarizer: SummarizerShared,
+    backup_progress: BackupProgressTable,
+}
 
 #[repr(C)]
 pub struct SummarizerShared {
@@ -29,7 +37,7 @@ pub struct SummarizerShared {
     summary_written: pg_sys::ConditionVariable,
 }
 
-static mut SHARED: *mut SummarizerShared = std::ptr::null_mut();
+static mut SHARED: *mut SharedState = std::ptr::null_mut();
 static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
@@ -50,7 +58,7 @@ unsafe extern "C-unwind" fn on_shmem_request() {
         if let Some(prev) = PREV_SHMEM_REQUEST_HOOK {
             prev();
         }
-        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<SummarizerShared>());
+        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<SharedState>());
     }
 }
 
@@ -63,20 +71,21 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
         let mut found = false;
         let shared = pg_sys::ShmemInitStruct(
             SHMEM_NAME.as_ptr(),
-            std::mem::size_of::<SummarizerShared>(),
+            std::mem::size_of::<SharedState>(),
             &mut found,
         )
-        .cast::<SummarizerShared>();
+        .cast::<SharedState>();
         if !found {
+            // Every field is an atomic or a condition variable: all-zero is
+            // their initial state, but for the condition variable's init.
             std::ptr::write_bytes(shared, 0, 1);
-            pg_sys::ConditionVariableInit(&raw mut (*shared).summary_written);
+            pg_sys::ConditionVariableInit(&raw mut (*shared).summarizer.summary_written);
         }
         SHARED = shared;
     }
 }
 
-/// The shared state, or an error telling the user to preload the library.
-pub fn get() -> &'static SummarizerShared {
+fn shared() -> &'static SharedState {
     unsafe {
         let shared = SHARED;
         if shared.is_null() {
@@ -84,6 +93,16 @@ pub fn get() -> &'static SummarizerShared {
         }
         &*shared
     }
+}
+
+/// The summarizer's shared state, or an error telling the user to preload
+/// the library.
+pub fn get() -> &'static SummarizerShared {
+    &shared().summarizer
+}
+
+pub fn backup_progress() -> &'static BackupProgressTable {
+    &shared().backup_progress
 }
 
 /// Errors unless the library was preloaded (the worker and this state exist).

@@ -2,19 +2,33 @@
 //! cover an LSN range on the server's timeline history, merged in order.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use blockbackup_core::{
-    list_gaps, list_summaries, plan_range, read_summary, BlockMap, Lsn, SummaryEntry,
+    list_gaps, list_summaries, plan_range, read_summary, BlockMap, CoverageError, Lsn, SummaryDirError, SummaryEntry,
 };
 use pgrx::pg_sys;
 
-use crate::{errors, timeline};
+use crate::{errors, server_paths, shared_state, timeline};
+
+/// Why the changes of a range cannot be had.
+pub enum ChangesError {
+    Coverage(CoverageError),
+    Store(SummaryDirError),
+}
+
+impl std::fmt::Display for ChangesError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangesError::Coverage(e) => e.fmt(f),
+            ChangesError::Store(e) => e.fmt(f),
+        }
+    }
+}
 
 pub fn summaries_dir() -> PathBuf {
-    let data_dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
-    PathBuf::from(data_dir.to_string_lossy().into_owned())
-        .join("pg_blockbackup")
-        .join("summaries")
+    server_paths::data_directory().join("pg_blockbackup").join("summaries")
 }
 
 pub fn list() -> Vec<SummaryEntry> {
@@ -25,18 +39,47 @@ pub fn list() -> Vec<SummaryEntry> {
 /// boundaries, otherwise those of the whole summaries overlapping it.
 /// Errors (SQLSTATE 55000) when any part of the range is not summarized.
 pub fn changes_between(start: Lsn, end: Lsn) -> BlockMap {
+    try_changes_between(start, end).unwrap_or_else(|e| match e {
+        ChangesError::Coverage(e) => errors::coverage(e),
+        ChangesError::Store(e) => errors::summary_store(e),
+    })
+}
+
+pub fn try_changes_between(start: Lsn, end: Lsn) -> Result<BlockMap, ChangesError> {
     let dir = summaries_dir();
-    let entries = list();
-    let gaps = list_gaps(&dir).unwrap_or_else(|e| errors::summary_store(e));
+    let entries = list_summaries(&dir).map_err(ChangesError::Store)?;
+    let gaps = list_gaps(&dir).map_err(ChangesError::Store)?;
     let history = timeline::history_of(timeline::current_timeline());
     let names: Vec<_> = entries.iter().map(|e| e.name).collect();
-    let plan =
-        plan_range(&names, &gaps, &history, start, end).unwrap_or_else(|e| errors::coverage(e));
+    let plan = plan_range(&names, &gaps, &history, start, end).map_err(ChangesError::Coverage)?;
     let mut merged = BlockMap::new();
     for name in &plan.summaries {
-        let (_, map) =
-            read_summary(&dir.join(name.file_name())).unwrap_or_else(|e| errors::summary_store(e));
+        let (_, map) = read_summary(&dir.join(name.file_name())).map_err(ChangesError::Store)?;
         merged.merge_later(&map);
     }
-    merged
+    Ok(merged)
+}
+
+/// Waits until the worker has written summaries up to `lsn`, asking it to
+/// write one at once. Returns how far summaries reach: Err when the
+/// timeout passed first.
+pub fn wait_until_summarized(lsn: Lsn, timeout: Duration) -> Result<Lsn, Lsn> {
+    let shared = shared_state::get();
+    let deadline = Instant::now() + timeout;
+    let outcome = loop {
+        let summarized = Lsn(shared.summarized_lsn.load(Ordering::Acquire));
+        if summarized >= lsn {
+            break Ok(summarized);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break Err(summarized);
+        }
+        shared.request_flush_up_to(lsn.0);
+        shared.wake_worker();
+        shared.sleep_for_summary(remaining.min(Duration::from_millis(100)).as_millis() as i64);
+        pg_sys::check_for_interrupts!();
+    };
+    shared.stop_sleeping();
+    outcome
 }

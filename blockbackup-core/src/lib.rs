@@ -72,10 +72,17 @@
 //! Nothing here depends on a running server; the extension feeds it events
 //! read from WAL and LSNs it gets from PostgreSQL.
 
+pub mod backup_manifest;
+pub mod backup_plan;
 pub mod block_map;
+pub mod catalog;
+pub mod copy_pipeline;
 pub mod coverage;
+pub mod incremental_file;
 pub mod lsn;
+pub mod reconstruct;
 pub mod relfork;
+pub mod repository;
 pub mod summary_dir;
 pub mod summary_file;
 pub mod visibility_map;

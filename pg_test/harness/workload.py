@@ -144,3 +144,81 @@ def run_workload(cluster, tag, pgbench_seconds=3, init_pgbench=True, in_place_ta
     ts = tablespace_move(cluster, tag, in_place_tablespace)
     databases(cluster, tag, tablespace=ts)
     two_phase(cluster, tag)
+
+
+# ---- additions for the backup tests (new functions only) ------------------
+
+def backup_churn(cluster, tag, old_tag, pgbench_seconds=2):
+    """Changes, after a backup, to objects that `run_workload(cluster, old_tag)`
+    made before it: a heap truncated by VACUUM below its backed-up length, a
+    TRUNCATE (new relfilenode), a table moved back out of a tablespace and
+    another moved into it, a database dropped and recreated under the same
+    name (file_copy) and a new one (wal_log) with data in the tablespace,
+    and pgbench. Runs once per tag; old_tag's objects must still exist."""
+    ts = f"wl_ts_{old_tag}"
+    cluster.sql(f"""
+DELETE FROM wl_tail_{old_tag} WHERE id > 1000;
+VACUUM wl_tail_{old_tag};
+TRUNCATE wl_trunc_{old_tag};
+INSERT INTO wl_trunc_{old_tag} SELECT generate_series(1, 300);
+ALTER TABLE wl_t_{old_tag} SET TABLESPACE pg_default;
+CREATE TABLE wl_moved_{tag} AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 5000) g;
+ALTER TABLE wl_moved_{tag} SET TABLESPACE {ts};
+UPDATE wl_t_{old_tag} SET v = 'churn_{tag}' WHERE id % 7 = 0;
+""")
+    cluster.sql(f"""
+DROP DATABASE IF EXISTS wl_db_keep_{old_tag};
+CREATE DATABASE wl_db_keep_{old_tag} STRATEGY file_copy;
+CREATE DATABASE wl_db_re_{tag} STRATEGY wal_log;
+""")
+    cluster.sql(f"""
+CREATE TABLE recreated (id int, tag text);
+INSERT INTO recreated SELECT g, '{tag}' FROM generate_series(1, 2000) g;
+""", db=f"wl_db_keep_{old_tag}")
+    cluster.sql(f"""
+CREATE TABLE in_ts (id int) TABLESPACE {ts};
+INSERT INTO in_ts SELECT generate_series(1, 3000);
+CREATE INDEX ON in_ts (id);
+""", db=f"wl_db_re_{tag}")
+    if pgbench_seconds:
+        pgbench_run(cluster, seconds=pgbench_seconds)
+
+
+def small_change(cluster, tag, rows=100):
+    """A few scattered updates and one new small table."""
+    cluster.sql(f"""
+UPDATE pgbench_accounts SET abalance = abalance + 1
+ WHERE aid IN (SELECT (random() * (SELECT count(*) FROM pgbench_branches) * 100000)::int + 1
+                 FROM generate_series(1, {int(rows)}));
+CREATE TABLE wl_small_{tag} AS SELECT generate_series(1, {int(rows)}) AS id;
+""")
+
+
+SEQ_WRITER_SCRIPT = "\\set n :n + 1\nINSERT INTO seq_rows VALUES (:n);\n"
+
+
+def seq_writer_start(cluster, script_dir, seconds=600):
+    """One pgbench client inserting n = max+1, max+2, ... into seq_rows, one
+    committed transaction per row: every n up to a committed max(n) is
+    committed. Returns the Popen; stop it with seq_writer_stop."""
+    import os
+    cluster.sql("CREATE TABLE IF NOT EXISTS seq_rows (n bigint PRIMARY KEY)")
+    start = int(cluster.sql_value("SELECT coalesce(max(n), 0) FROM seq_rows"))
+    path = os.path.join(script_dir, "seq_writer.sql")
+    with open(path, "w") as f:
+        f.write(SEQ_WRITER_SCRIPT)
+    return subprocess.Popen(pgbench_argv(cluster, "-n", "-c", "1", "-T", str(int(seconds)),
+                                         "-f", path, "-D", f"n={start}"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+
+
+def seq_writer_stop(proc, timeout=30):
+    """Stop the writer (SIGTERM if still running); returns its stderr tail."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=timeout)
+    return (err or "")[-500:]

@@ -2,4 +2,6 @@
 
 // pgrx spells a result row as a tuple of named columns.
 #[allow(clippy::type_complexity)]
+mod backups;
+#[allow(clippy::type_complexity)]
 mod summaries;

@@ -2,14 +2,14 @@
 //! and what changed between two LSNs.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use blockbackup_core::{relation_path, BlockMap, Lsn};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::sql_types::{PgLsn, ZeroableOid};
-use crate::{errors, settings, shared_state, summarizer, summary_store};
+use crate::{errors, server_paths, settings, shared_state, summarizer, summary_store};
 
 #[pg_extern(volatile, parallel_safe)]
 fn summarizer_status() -> TableIterator<
@@ -124,7 +124,7 @@ fn changed_relations(
     ),
 > {
     let changes = changes_for(start_lsn, end_lsn);
-    let version_dir = tablespace_version_directory();
+    let version_dir = server_paths::tablespace_version_directory();
     TableIterator::new(
         changes
             .into_sorted_entries()
@@ -145,7 +145,7 @@ fn changed_relations(
 
 #[pg_extern(volatile)]
 fn wait_for_summary(lsn: PgLsn, timeout_ms: default!(i32, 60000)) -> PgLsn {
-    let shared = shared_state::get();
+    shared_state::ensure_preloaded();
     if !settings::SUMMARIZE_WAL.get() {
         errors::summarization_disabled();
     }
@@ -156,22 +156,9 @@ fn wait_for_summary(lsn: PgLsn, timeout_ms: default!(i32, 60000)) -> PgLsn {
         );
     }
     flush_or_refuse_future_lsn(lsn.0);
-    let deadline = Instant::now() + Duration::from_millis(timeout_ms as u64);
-    loop {
-        let summarized = Lsn(shared.summarized_lsn.load(Ordering::Acquire));
-        if summarized >= lsn.0 {
-            shared.stop_sleeping();
-            return PgLsn(summarized);
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            shared.stop_sleeping();
-            errors::wait_timed_out(lsn.0.to_string(), summarized.to_string(), timeout_ms);
-        }
-        shared.request_flush_up_to(lsn.0 .0);
-        shared.wake_worker();
-        shared.sleep_for_summary(remaining.min(Duration::from_millis(100)).as_millis() as i64);
-        pg_sys::check_for_interrupts!();
+    match summary_store::wait_until_summarized(lsn.0, Duration::from_millis(timeout_ms as u64)) {
+        Ok(summarized) => PgLsn(summarized),
+        Err(summarized) => errors::wait_timed_out(lsn.0.to_string(), summarized.to_string(), timeout_ms),
     }
 }
 
@@ -198,12 +185,4 @@ fn flush_or_refuse_future_lsn(lsn: Lsn) {
         }
         pg_sys::XLogFlush(lsn.0);
     }
-}
-
-fn tablespace_version_directory() -> String {
-    format!(
-        "PG_{}_{}",
-        pg_sys::PG_MAJORVERSION.to_string_lossy(),
-        pg_sys::CATALOG_VERSION_NO
-    )
 }

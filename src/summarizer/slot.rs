@@ -7,6 +7,8 @@
 use blockbackup_core::Lsn;
 use pgrx::pg_sys;
 
+use crate::replication_slot::{self, acquire_existing, is_invalidated, restart_lsn, RS_PERSISTENT};
+
 pub const SLOT_NAME: &std::ffi::CStr = c"pg_blockbackup";
 
 /// Acquires the slot, creating it (reserving WAL from the current redo
@@ -15,16 +17,15 @@ pub const SLOT_NAME: &std::ffi::CStr = c"pg_blockbackup";
 pub fn acquire() -> Lsn {
     unsafe {
         if pg_sys::SearchNamedReplicationSlot(SLOT_NAME.as_ptr(), true).is_null() {
-            create_reserving_wal();
+            replication_slot::create_reserving_wal(SLOT_NAME, RS_PERSISTENT);
         } else {
-            acquire_existing();
+            acquire_existing(SLOT_NAME);
             if is_invalidated(&*pg_sys::MyReplicationSlot) {
                 pgrx::warning!(
                     "pg_blockbackup: replication slot \"pg_blockbackup\" was invalidated; WAL it held may be gone, creating it anew"
                 );
-                pg_sys::ReplicationSlotRelease();
-                pg_sys::ReplicationSlotDrop(SLOT_NAME.as_ptr(), true);
-                create_reserving_wal();
+                replication_slot::release_and_drop(SLOT_NAME);
+                replication_slot::create_reserving_wal(SLOT_NAME, RS_PERSISTENT);
             }
         }
         restart_lsn(pg_sys::MyReplicationSlot)
@@ -49,13 +50,7 @@ pub fn move_restart_lsn(lsn: Lsn) {
 /// Releases and drops the slot, so that the server no longer keeps WAL for
 /// a summarizer that was turned off.
 pub fn drop_held() {
-    unsafe {
-        if pg_sys::MyReplicationSlot.is_null() {
-            return;
-        }
-        pg_sys::ReplicationSlotRelease();
-        pg_sys::ReplicationSlotDrop(SLOT_NAME.as_ptr(), true);
-    }
+    replication_slot::release_and_drop(SLOT_NAME);
 }
 
 /// The restart_lsn of the slot whoever holds it, for status reports.
@@ -70,66 +65,3 @@ pub fn current_restart_lsn() -> Option<Lsn> {
     }
 }
 
-unsafe fn restart_lsn(slot: *mut pg_sys::ReplicationSlot) -> Lsn {
-    unsafe {
-        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-        let lsn = (*slot).data.restart_lsn;
-        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
-        Lsn(lsn)
-    }
-}
-
-unsafe fn create_reserving_wal() {
-    unsafe {
-        create_persistent_slot();
-        pg_sys::ReplicationSlotReserveWal();
-        pg_sys::ReplicationSlotMarkDirty();
-        pg_sys::ReplicationSlotSave();
-    }
-}
-
-#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
-unsafe fn create_persistent_slot() {
-    unsafe {
-        pg_sys::ReplicationSlotCreate(
-            SLOT_NAME.as_ptr(),
-            false,
-            pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
-            false,
-        )
-    }
-}
-
-#[cfg(any(feature = "pg17", feature = "pg18"))]
-unsafe fn create_persistent_slot() {
-    unsafe {
-        pg_sys::ReplicationSlotCreate(
-            SLOT_NAME.as_ptr(),
-            false,
-            pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
-            false,
-            false,
-            false,
-        )
-    }
-}
-
-#[cfg(not(feature = "pg18"))]
-unsafe fn acquire_existing() {
-    unsafe { pg_sys::ReplicationSlotAcquire(SLOT_NAME.as_ptr(), true) }
-}
-
-#[cfg(feature = "pg18")]
-unsafe fn acquire_existing() {
-    unsafe { pg_sys::ReplicationSlotAcquire(SLOT_NAME.as_ptr(), true, false) }
-}
-
-#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-fn is_invalidated(slot: &pg_sys::ReplicationSlot) -> bool {
-    slot.data.restart_lsn == 0 && slot.data.invalidated_at != 0
-}
-
-#[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
-fn is_invalidated(slot: &pg_sys::ReplicationSlot) -> bool {
-    slot.data.invalidated != pg_sys::ReplicationSlotInvalidationCause::RS_INVAL_NONE
-}

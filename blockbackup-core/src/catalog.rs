@@ -1,0 +1,154 @@
+//! What the repository records about each backup: one `backup.json` per
+//! backup (the catalog entry) and one `contents.json` listing every file
+//! the backup stored, with the checksum that validation and restore check.
+//!
+//! Both are JSON (serde) so that a DBA can read them with any tool, and
+//! both are written durably (temp file, fsync, rename) by `repository`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::lsn::Lsn;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMode {
+    Full,
+    Incremental,
+    Dump,
+}
+
+/// RUNNING while being taken; DONE when taken; OK once `validate_backup`
+/// reread it; ERROR if taking it failed (never a parent); CORRUPT if
+/// validation found a damaged or missing file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum BackupStatus {
+    Running,
+    Done,
+    Ok,
+    Error,
+    Corrupt,
+}
+
+impl BackupStatus {
+    /// Whether a backup in this state can be restored or be a parent.
+    pub fn is_usable(self) -> bool {
+        matches!(self, BackupStatus::Done | BackupStatus::Ok)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+/// A tablespace as `pg_backup_stop`'s tablespace map names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablespaceEntry {
+    pub oid: u32,
+    pub location: String,
+}
+
+/// The catalog entry of one backup (`backups/<id>/backup.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    pub backup_id: String,
+    pub mode: BackupMode,
+    pub status: BackupStatus,
+    pub parent_backup_id: Option<String>,
+    pub label: Option<String>,
+    pub timeline: u32,
+    #[serde(with = "lsn_text")]
+    pub start_lsn: Lsn,
+    #[serde(with = "opt_lsn_text")]
+    pub stop_lsn: Option<Lsn>,
+    /// Microseconds since the Unix epoch.
+    pub start_time_us: i64,
+    pub end_time_us: Option<i64>,
+    /// Latest transaction id and commit time the backup is consistent
+    /// with, when known (for `recovery_target_xid`/`_time` decisions).
+    pub recovery_xid: Option<u64>,
+    pub recovery_time_us: Option<i64>,
+    pub files: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub compression: Compression,
+    pub block_size: u32,
+    /// Blocks per relation segment file (RELSEG_SIZE).
+    pub segment_blocks: u32,
+    pub wal_segment_size: u32,
+    pub system_identifier: u64,
+    /// PG_VERSION_NUM of the server, e.g. 150020.
+    pub server_version: u32,
+    pub tablespaces: Vec<TablespaceEntry>,
+    /// Why the backup ended in ERROR or CORRUPT.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredKind {
+    /// The whole file.
+    Whole,
+    /// An incremental file (`INCREMENTAL.<name>`, see `incremental_file`).
+    Incremental,
+    /// A WAL segment under pg_wal/.
+    Wal,
+}
+
+/// One file a backup stored (`backups/<id>/contents.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFile {
+    /// Path relative to the backup's data directory image, as restored
+    /// (for an incremental file: `base/5/INCREMENTAL.16384`), with '/'.
+    pub path: String,
+    pub kind: StoredKind,
+    /// Bytes of the file's content (before compression).
+    pub size: u64,
+    /// Bytes on disk in the repository (after compression).
+    pub stored_size: u64,
+    /// CRC-32C of the content (before compression).
+    pub crc32c: u32,
+    /// Modification time of the source, seconds since the Unix epoch.
+    pub mtime: i64,
+}
+
+/// `contents.json`: what a backup holds, in path order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupContents {
+    pub files: Vec<StoredFile>,
+}
+
+mod lsn_text {
+    use super::Lsn;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(lsn: &Lsn, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(lsn)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_lsn_text {
+    use super::Lsn;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(lsn: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
+        match lsn {
+            Some(lsn) => s.collect_str(lsn),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Lsn>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| text.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}

@@ -1,0 +1,536 @@
+//! The parallel copy of a backup's files into the repository.
+//!
+//! The caller is a PostgreSQL backend, and only its own thread may call
+//! back into PostgreSQL (to check for cancellation, to publish progress,
+//! to log). So the work is split:
+//!
+//! * worker threads (`std::thread::scope`, so they cannot outlive the
+//!   call) only read, checksum, compress and write files. They take tasks
+//!   from a shared list, largest first, so that one huge relation does not
+//!   start last and leave the other threads idle at the end;
+//! * the calling thread waits on a channel with a short timeout and runs
+//!   `poll` at least every 100 ms with the current progress. When `poll`
+//!   answers `Break`, a shared flag tells the workers to stop at their next
+//!   chunk, and the call returns [`CopyError::Cancelled`].
+//!
+//! Each file is streamed in bounded chunks, its CRC-32C computed over the
+//! content (the uncompressed bytes, which is what restore checks after
+//! decompressing), optionally gzip-compressed, written and fsync'ed. The
+//! directories holding the files are fsync'ed at the end, in parallel too,
+//! so that the new directory entries survive a crash as well.
+//!
+//! Files change while they are copied, and that is fine: WAL replay from
+//! the backup's start repairs any torn or stale block. So a file that
+//! vanished before it was opened is skipped (like `pg_basebackup`), a whole
+//! file is copied up to the length it had when opened, or less if it
+//! shrank, and a block an incremental file needs that lies past the end of
+//! the file (the relation was truncated meanwhile) is stored as zeros.
+//!
+//! Any real error (disk full, permission denied) stops the copy; the file
+//! being written is removed, and the error names it. The caller marks the
+//! backup ERROR anyway, so finished files are left for its removal.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::ops::ControlFlow;
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use flate2::write::GzEncoder;
+use thiserror::Error;
+
+use crate::backup_plan::FileMethod;
+use crate::catalog::{Compression, StoredFile, StoredKind};
+use crate::incremental_file::{incremental_path, IncrementalHeader};
+
+/// Bytes read or written at a time; also how often a worker looks at the
+/// stop flag.
+const CHUNK_BYTES: usize = 1024 * 1024;
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// `poll` runs at least this often (plus the time one call of it takes).
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const GZIP_SUFFIX: &str = ".gz";
+const MAX_GZIP_LEVEL: u32 = 9;
+
+/// One file to copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyTask {
+    /// Where to read it.
+    pub source: PathBuf,
+    /// Its path relative to the data directory, as restored, with '/'.
+    pub path: String,
+    pub method: FileMethod,
+    pub kind: StoredKind,
+    /// Modification time of the source, seconds since the Unix epoch.
+    pub mtime: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyOptions {
+    /// The backup's data directory image, `backups/<id>/pgdata`.
+    pub dest_dir: PathBuf,
+    pub compression: Compression,
+    /// 0 to 9; higher values are taken as 9.
+    pub gzip_level: u32,
+    /// Worker threads; 0 is taken as 1.
+    pub threads: usize,
+}
+
+/// What `poll` is shown. Byte counts are of source data; `bytes_total` is
+/// estimated from the sizes when the copy started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyProgress {
+    pub files_total: u64,
+    pub files_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Bytes read from the sources.
+    pub bytes_read: u64,
+    /// Bytes written to the repository (after compression).
+    pub bytes_written: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum CopyError {
+    #[error("could not read \"{}\": {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "could not write \"{}\": {source}; check the repository's free space and permissions",
+        path.display()
+    )]
+    Write { path: PathBuf, source: io::Error },
+    #[error("could not start a copy thread: {source}; lower the parallelism")]
+    Thread { source: io::Error },
+    #[error("\"{path}\" is not a relative path inside the data directory")]
+    BadPath { path: String },
+    #[error("the copy was cancelled")]
+    Cancelled,
+}
+
+fn read_error(path: &Path) -> impl Fn(io::Error) -> CopyError + '_ {
+    move |source| CopyError::Read {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn write_error(path: &Path) -> impl Fn(io::Error) -> CopyError + '_ {
+    move |source| CopyError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Copies `tasks` into `options.dest_dir` with `options.threads` workers,
+/// running `poll` on the calling thread at least every 100 ms. Returns what
+/// was stored, sorted by path (vanished sources are not in it), and the
+/// byte counts.
+pub fn copy_files(
+    tasks: Vec<CopyTask>,
+    options: &CopyOptions,
+    poll: &mut dyn FnMut(&CopyProgress) -> ControlFlow<()>,
+) -> Result<(Vec<StoredFile>, CopyStats), CopyError> {
+    for task in &tasks {
+        if relative_path(&task.path).is_none() {
+            return Err(CopyError::BadPath {
+                path: task.path.clone(),
+            });
+        }
+    }
+    let progress = SharedProgress {
+        files_total: tasks.len() as u64,
+        ..SharedProgress::default()
+    };
+    // Size the work: a stat per whole file, on this thread so that poll
+    // keeps running however many files there are.
+    let mut sized = Vec::with_capacity(tasks.len());
+    let mut last_poll = Instant::now();
+    for task in tasks {
+        let estimate = match &task.method {
+            FileMethod::Whole => fs::metadata(&task.source).map_or(0, |metadata| metadata.len()),
+            FileMethod::Incremental(header) => {
+                header.blocks.len() as u64 * u64::from(header.block_size)
+            }
+        };
+        progress.bytes_total.fetch_add(estimate, Ordering::Relaxed);
+        sized.push((estimate, task));
+        if last_poll.elapsed() >= POLL_INTERVAL {
+            last_poll = Instant::now();
+            if poll(&progress.snapshot()).is_break() {
+                return Err(CopyError::Cancelled);
+            }
+        }
+    }
+    sized.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.path.cmp(&b.1.path)));
+    let tasks: Vec<CopyTask> = sized.into_iter().map(|(_, task)| task).collect();
+
+    let mut stored = Vec::with_capacity(tasks.len());
+    let mut stats = CopyStats::default();
+    run_pool(
+        &tasks,
+        options.threads,
+        &progress,
+        |task, stop| copy_one(task, options, &progress, stop),
+        |copied| {
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            if let Some((file, bytes_read)) = copied {
+                stats.bytes_read += bytes_read;
+                stats.bytes_written += file.stored_size;
+                stored.push(file);
+            }
+        },
+        poll,
+    )?;
+
+    // The files are durable; now their directory entries, up to the
+    // backup directory that holds the image.
+    let mut directories = BTreeSet::new();
+    for file in &stored {
+        let mut current = options
+            .dest_dir
+            .join(stored_name(&file.path, options.compression));
+        while let Some(parent) = current.parent() {
+            if !directories.insert(parent.to_owned()) || parent == options.dest_dir {
+                break;
+            }
+            current = parent.to_owned();
+        }
+    }
+    directories.insert(options.dest_dir.clone());
+    if let Some(parent) = options.dest_dir.parent() {
+        directories.insert(parent.to_owned());
+    }
+    let directories: Vec<PathBuf> = directories.into_iter().collect();
+    run_pool(
+        &directories,
+        options.threads,
+        &progress,
+        |dir, _| {
+            File::open(dir)
+                .and_then(|handle| handle.sync_all())
+                .map_err(write_error(dir))
+        },
+        |()| {},
+        poll,
+    )?;
+    if poll(&progress.snapshot()).is_break() {
+        return Err(CopyError::Cancelled);
+    }
+    stored.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((stored, stats))
+}
+
+#[derive(Default)]
+struct SharedProgress {
+    files_total: u64,
+    files_done: AtomicU64,
+    bytes_total: AtomicU64,
+    bytes_done: AtomicU64,
+}
+
+impl SharedProgress {
+    fn snapshot(&self) -> CopyProgress {
+        CopyProgress {
+            files_total: self.files_total,
+            files_done: self.files_done.load(Ordering::Relaxed),
+            bytes_total: self.bytes_total.load(Ordering::Relaxed),
+            bytes_done: self.bytes_done.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Runs `work` over `items` on `threads` scoped threads, in order of the
+/// slice, handing each result to `done` and calling `poll` on this thread.
+/// The first error, or `poll` answering `Break`, stops the workers at their
+/// next check of the stop flag they are given.
+fn run_pool<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    progress: &SharedProgress,
+    work: impl Fn(&T, &AtomicBool) -> Result<R, CopyError> + Sync,
+    mut done: impl FnMut(R),
+    poll: &mut dyn FnMut(&CopyProgress) -> ControlFlow<()>,
+) -> Result<(), CopyError> {
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let mut first_error = None;
+    let mut cancelled = false;
+    thread::scope(|scope| {
+        let (sender, receiver) = mpsc::channel();
+        for number in 0..threads.clamp(1, items.len().max(1)) {
+            let sender = sender.clone();
+            let (next, stop, work) = (&next, &stop, &work);
+            let worker = move || loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    break;
+                };
+                let result = work(item, stop);
+                let failed = result.is_err();
+                if sender.send(result).is_err() || failed {
+                    break;
+                }
+            };
+            let spawned = thread::Builder::new()
+                .name(format!("blockbackup copy {number}"))
+                .spawn_scoped(scope, worker);
+            if let Err(source) = spawned {
+                stop.store(true, Ordering::Relaxed);
+                first_error = Some(CopyError::Thread { source });
+                break;
+            }
+        }
+        drop(sender);
+        let mut last_poll = Instant::now();
+        loop {
+            match receiver.recv_timeout(POLL_INTERVAL) {
+                Ok(Ok(result)) => done(result),
+                Ok(Err(CopyError::Cancelled)) => {}
+                Ok(Err(error)) => {
+                    stop.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(error);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if !cancelled && last_poll.elapsed() >= POLL_INTERVAL {
+                last_poll = Instant::now();
+                if poll(&progress.snapshot()).is_break() {
+                    cancelled = true;
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    match first_error {
+        Some(error) => Err(error),
+        None if cancelled => Err(CopyError::Cancelled),
+        None => Ok(()),
+    }
+}
+
+/// `path` as a relative path of normal components only.
+fn relative_path(path: &str) -> Option<&Path> {
+    let path = Path::new(path);
+    let normal = !path.as_os_str().is_empty()
+        && path
+            .components()
+            .all(|component| matches!(component, Component::Normal(_)));
+    normal.then_some(path)
+}
+
+/// The file name under `dest_dir` of a stored path.
+fn stored_name(stored_path: &str, compression: Compression) -> String {
+    match compression {
+        Compression::None => stored_path.to_owned(),
+        Compression::Gzip => format!("{stored_path}{GZIP_SUFFIX}"),
+    }
+}
+
+/// Copies one task; None when its source vanished first. Also returns the
+/// bytes read from the source.
+fn copy_one(
+    task: &CopyTask,
+    options: &CopyOptions,
+    progress: &SharedProgress,
+    stop: &AtomicBool,
+) -> Result<Option<(StoredFile, u64)>, CopyError> {
+    let source = match File::open(&task.source) {
+        Ok(source) => source,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(read_error(&task.source)(error)),
+    };
+    let stored_path = match &task.method {
+        FileMethod::Whole => task.path.clone(),
+        FileMethod::Incremental(_) => incremental_path(&task.path),
+    };
+    let dest = options
+        .dest_dir
+        .join(stored_name(&stored_path, options.compression));
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(write_error(parent))?;
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&dest)
+        .map_err(write_error(&dest))?;
+    let mut sink = Sink::new(file, options.compression, options.gzip_level);
+    let copied = match &task.method {
+        FileMethod::Whole => copy_whole(&source, task, &mut sink, &dest, progress, stop),
+        FileMethod::Incremental(header) => {
+            copy_blocks(&source, task, header, &mut sink, &dest, progress, stop)
+        }
+    }
+    .and_then(|(bytes_read, size, crc32c)| {
+        let stored_size = sink.finish().map_err(write_error(&dest))?;
+        Ok((bytes_read, size, crc32c, stored_size))
+    });
+    match copied {
+        Ok((bytes_read, size, crc32c, stored_size)) => Ok(Some((
+            StoredFile {
+                path: stored_path,
+                kind: task.kind,
+                size,
+                stored_size,
+                crc32c,
+                mtime: task.mtime,
+            },
+            bytes_read,
+        ))),
+        Err(error) => {
+            // Best effort: the error that matters is the one returned.
+            let _ = fs::remove_file(&dest);
+            Err(error)
+        }
+    }
+}
+
+/// Streams the source up to the length it had when opened. Returns the
+/// bytes read, the content size and its CRC-32C.
+fn copy_whole(
+    mut source: &File,
+    task: &CopyTask,
+    sink: &mut Sink,
+    dest: &Path,
+    progress: &SharedProgress,
+    stop: &AtomicBool,
+) -> Result<(u64, u64, u32), CopyError> {
+    let mut remaining = source.metadata().map_err(read_error(&task.source))?.len();
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    let mut crc = 0u32;
+    let mut size = 0u64;
+    while remaining > 0 {
+        if stop.load(Ordering::Relaxed) {
+            return Err(CopyError::Cancelled);
+        }
+        let want = buffer
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let read = match source.read(&mut buffer[..want]) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(read_error(&task.source)(error)),
+        };
+        let data = &buffer[..read];
+        crc = crc32c::crc32c_append(crc, data);
+        sink.write_all(data).map_err(write_error(dest))?;
+        size += read as u64;
+        remaining -= read as u64;
+        progress
+            .bytes_done
+            .fetch_add(read as u64, Ordering::Relaxed);
+    }
+    Ok((size, size, crc))
+}
+
+/// Writes the incremental file: the header, then each listed block read
+/// from the source, runs of consecutive blocks in one read. Blocks past
+/// the end of the source are zeros.
+fn copy_blocks(
+    source: &File,
+    task: &CopyTask,
+    header: &IncrementalHeader,
+    sink: &mut Sink,
+    dest: &Path,
+    progress: &SharedProgress,
+    stop: &AtomicBool,
+) -> Result<(u64, u64, u32), CopyError> {
+    let encoded = header.encode();
+    let mut crc = crc32c::crc32c(&encoded);
+    sink.write_all(&encoded).map_err(write_error(dest))?;
+    let mut size = encoded.len() as u64;
+    let mut bytes_read = 0u64;
+    let block_size = header.block_size as usize;
+    let run_blocks = (CHUNK_BYTES / block_size.max(1)).max(1);
+    let mut buffer = vec![0u8; run_blocks * block_size];
+    let mut rest = header.blocks.as_slice();
+    while let Some(&first) = rest.first() {
+        if stop.load(Ordering::Relaxed) {
+            return Err(CopyError::Cancelled);
+        }
+        let run = rest
+            .iter()
+            .take(run_blocks)
+            .zip(first..)
+            .take_while(|(block, expected)| **block == *expected)
+            .count();
+        let data = &mut buffer[..run * block_size];
+        let offset = u64::from(first) * u64::from(header.block_size);
+        let filled = read_at_most(source, data, offset).map_err(read_error(&task.source))?;
+        data[filled..].fill(0);
+        crc = crc32c::crc32c_append(crc, data);
+        sink.write_all(data).map_err(write_error(dest))?;
+        size += data.len() as u64;
+        bytes_read += filled as u64;
+        progress
+            .bytes_done
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        rest = &rest[run..];
+    }
+    Ok((bytes_read, size, crc))
+}
+
+/// Fills `buffer` from `offset` as far as the file goes; returns how much.
+fn read_at_most(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read_at(&mut buffer[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
+/// Where file content goes: the destination file, through gzip or not.
+enum Sink {
+    Plain(BufWriter<File>),
+    Gzip(GzEncoder<BufWriter<File>>),
+}
+
+impl Sink {
+    fn new(file: File, compression: Compression, gzip_level: u32) -> Self {
+        let buffered = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+        match compression {
+            Compression::None => Sink::Plain(buffered),
+            Compression::Gzip => Sink::Gzip(GzEncoder::new(
+                buffered,
+                flate2::Compression::new(gzip_level.min(MAX_GZIP_LEVEL)),
+            )),
+        }
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Plain(writer) => writer.write_all(data),
+            Sink::Gzip(writer) => writer.write_all(data),
+        }
+    }
+
+    /// Flushes everything to disk and returns the file's size.
+    fn finish(self) -> io::Result<u64> {
+        let buffered = match self {
+            Sink::Plain(writer) => writer,
+            Sink::Gzip(writer) => writer.finish()?,
+        };
+        let file = buffered.into_inner().map_err(|error| error.into_error())?;
+        file.sync_all()?;
+        Ok(file.metadata()?.len())
+    }
+}

@@ -1,0 +1,1076 @@
+//! The backup repository: a directory of backups, each a self-describing
+//! subdirectory, and the rules for naming, listing, chaining, expiring and
+//! checking them.
+//!
+//! ```text
+//! <root>/pg_blockbackup.repository.json   marker: format version, system identifier
+//! <root>/lock                             flock'ed while a backup or delete runs
+//! <root>/backups/<id>/backup.json         BackupRecord
+//! <root>/backups/<id>/contents.json       BackupContents
+//! <root>/backups/<id>/pgdata/...          the data directory image
+//! ```
+//!
+//! # Why it is built this way
+//!
+//! The directory tree is the only catalog, so that a repository survives
+//! the server (the offline restore tool reads the same files) and so that
+//! there is no second copy of the truth to drift. Every state change is a
+//! single atomic step on that tree:
+//!
+//! * a backup appears when its first record is written, by renaming a
+//!   complete `.creating-<id>` directory (record already inside) to
+//!   `<id>`, so a listing never meets a backup directory without its
+//!   record;
+//! * records are replaced with write-to-temp, fsync, rename, fsync-dir;
+//! * a backup disappears by renaming it to `.deleting-<id>` first, so a
+//!   crash in the middle of a long recursive delete leaves a name listings
+//!   ignore, never a half-deleted backup that looks real.
+//!
+//! The marker ties a repository to one cluster: incremental backups are
+//! only meaningful against backups of the same system, and mixing two
+//! clusters' backups in one chain would restore garbage.
+//!
+//! Retention ([`expire_plan`]) and deletion ([`delete_plan`]) are pure
+//! functions over the records, so their rules (never break a chain that a
+//! kept backup needs, never touch a RUNNING backup) are unit-tested without
+//! a file system; the caller then removes what they return, children first.
+//!
+//! Every backup id that comes from a user goes through
+//! [`validate_backup_id`] before it is joined to a path, because the ids
+//! are directory names and `../..` is a directory name too.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Component, Path, PathBuf};
+
+use flate2::read::GzDecoder;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::catalog::{BackupContents, BackupMode, BackupRecord, BackupStatus, Compression};
+use crate::summary_dir::{write_file_durably, SummaryDirError};
+
+pub const MARKER_FILE_NAME: &str = "pg_blockbackup.repository.json";
+const MARKER_FORMAT: &str = "pg_blockbackup repository";
+const MARKER_VERSION: u32 = 1;
+const LOCK_FILE_NAME: &str = "lock";
+const BACKUPS_DIR: &str = "backups";
+const RECORD_FILE_NAME: &str = "backup.json";
+const CONTENTS_FILE_NAME: &str = "contents.json";
+const DATA_DIR_NAME: &str = "pgdata";
+const DELETING_PREFIX: &str = ".deleting-";
+const CREATING_PREFIX: &str = ".creating-";
+const MAX_BACKUP_ID_LEN: usize = 64;
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+#[derive(Debug, Error)]
+pub enum RepositoryError {
+    #[error("could not access \"{}\": {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Write(#[from] SummaryDirError),
+    #[error(
+        "\"{}\" is not a pg_blockbackup repository (it has no {MARKER_FILE_NAME}); check the repository path",
+        root.display()
+    )]
+    NotARepository { root: PathBuf },
+    #[error(
+        "directory \"{}\" is not empty and is not a pg_blockbackup repository; use an empty or new directory for the repository",
+        root.display()
+    )]
+    NotEmpty { root: PathBuf },
+    #[error("repository marker \"{}\" is damaged: {detail}", path.display())]
+    BadMarker { path: PathBuf, detail: String },
+    #[error(
+        "repository \"{}\" belongs to the cluster with system identifier {repository_system_identifier}, not to this one ({system_identifier}); use a separate repository for each cluster",
+        root.display()
+    )]
+    OtherCluster {
+        root: PathBuf,
+        repository_system_identifier: u64,
+        system_identifier: u64,
+    },
+    #[error("invalid backup id {id:?}: a backup id is 1 to {MAX_BACKUP_ID_LEN} characters from A-Z, a-z, 0-9, '_' and '-'")]
+    InvalidBackupId { id: String },
+    #[error("backup \"{id}\" does not exist in the repository; list the backups to see which do")]
+    BackupNotFound { id: String },
+    #[error(
+        "\"{}\" could not be parsed: {source}; the backup is damaged: delete it or restore the file",
+        path.display()
+    )]
+    BadJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "\"{}\" describes backup \"{found}\", not the directory it is in; the repository was edited by hand: move the directory back or delete it",
+        path.display()
+    )]
+    RecordMismatch { path: PathBuf, found: String },
+    #[error(
+        "another backup or delete is running on this repository (\"{}\" is locked); wait for it to finish",
+        path.display()
+    )]
+    Busy { path: PathBuf },
+    #[error(
+        "backup \"{id}\" has incremental backups that depend on it ({}); delete those first or use cascade",
+        children.join(", ")
+    )]
+    HasChildren { id: String, children: Vec<String> },
+    #[error("backup \"{id}\" depends on backup \"{parent}\", which is not in the repository; \"{id}\" cannot be restored or used as a parent")]
+    MissingParent { id: String, parent: String },
+    #[error("backup \"{id}\" is {} and cannot be restored or used as a parent", status_name(*status))]
+    NotUsable { id: String, status: BackupStatus },
+    #[error("backup \"{id}\" was taken from the cluster with system identifier {found}, not {expected}; it does not belong in this repository")]
+    ForeignBackup {
+        id: String,
+        found: u64,
+        expected: u64,
+    },
+    #[error("the chain of backup \"{id}\" is broken: {detail}")]
+    BrokenChain { id: String, detail: String },
+}
+
+fn io_error(path: &Path, source: io::Error) -> RepositoryError {
+    RepositoryError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The status as the SQL interface shows it.
+fn status_name(status: BackupStatus) -> &'static str {
+    match status {
+        BackupStatus::Running => "RUNNING",
+        BackupStatus::Done => "DONE",
+        BackupStatus::Ok => "OK",
+        BackupStatus::Error => "ERROR",
+        BackupStatus::Corrupt => "CORRUPT",
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    format: String,
+    version: u32,
+    system_identifier: u64,
+}
+
+/// Checks that `id` can safely name a directory: 1 to 64 characters from
+/// `[A-Za-z0-9_-]`. Call it on every id that comes from a user before any
+/// path is built from it.
+pub fn validate_backup_id(id: &str) -> Result<(), RepositoryError> {
+    let well_formed = (1..=MAX_BACKUP_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+    if well_formed {
+        Ok(())
+    } else {
+        Err(RepositoryError::InvalidBackupId { id: id.to_owned() })
+    }
+}
+
+/// An open repository. Opening checks the marker; nothing is cached, so
+/// every query reads the tree as it is now.
+#[derive(Debug)]
+pub struct Repository {
+    root: PathBuf,
+    system_identifier: u64,
+}
+
+/// Held while a backup or delete runs; dropping it (or the process dying)
+/// releases the lock.
+#[derive(Debug)]
+pub struct RepositoryLock {
+    _file: File,
+}
+
+/// What [`expire_plan`] decided for a backup it removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpireAction {
+    /// Removed by the retention rules.
+    Deleted,
+    /// Removed because taking it failed (status ERROR).
+    DeletedFailed,
+}
+
+impl ExpireAction {
+    /// The text `expire_backups()` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExpireAction::Deleted => "deleted",
+            ExpireAction::DeletedFailed => "deleted (failed backup)",
+        }
+    }
+}
+
+/// The result of rereading a backup's files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ValidationReport {
+    pub files_checked: u64,
+    /// Content bytes (after decompression) reread.
+    pub bytes_checked: u64,
+    /// One message per missing or damaged file, naming it.
+    pub errors: Vec<String>,
+}
+
+impl Repository {
+    /// Opens the repository at `root` for the cluster `system_identifier`,
+    /// creating it (mode 0700) if the directory is missing or empty.
+    pub fn open_or_create(root: &Path, system_identifier: u64) -> Result<Self, RepositoryError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|error| io_error(root, error))?;
+        let marker_path = root.join(MARKER_FILE_NAME);
+        let repository = if marker_path.exists() {
+            Self::open(root)?
+        } else {
+            Self::create(root, system_identifier)?
+        };
+        if repository.system_identifier != system_identifier {
+            return Err(RepositoryError::OtherCluster {
+                root: root.to_owned(),
+                repository_system_identifier: repository.system_identifier,
+                system_identifier,
+            });
+        }
+        Ok(repository)
+    }
+
+    /// Opens an existing repository (the offline tool's way in).
+    pub fn open(root: &Path) -> Result<Self, RepositoryError> {
+        let marker_path = root.join(MARKER_FILE_NAME);
+        let bytes = match fs::read(&marker_path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Err(RepositoryError::NotARepository {
+                    root: root.to_owned(),
+                })
+            }
+            Err(error) => return Err(io_error(&marker_path, error)),
+        };
+        let bad = |detail: String| RepositoryError::BadMarker {
+            path: marker_path.clone(),
+            detail,
+        };
+        let marker: Marker =
+            serde_json::from_slice(&bytes).map_err(|error| bad(error.to_string()))?;
+        if marker.format != MARKER_FORMAT {
+            return Err(bad(format!("unexpected format {:?}", marker.format)));
+        }
+        if marker.version != MARKER_VERSION {
+            return Err(bad(format!(
+                "repository format version {} is not supported (this version of pg_blockbackup reads version {MARKER_VERSION})",
+                marker.version
+            )));
+        }
+        Ok(Repository {
+            root: root.to_owned(),
+            system_identifier: marker.system_identifier,
+        })
+    }
+
+    fn create(root: &Path, system_identifier: u64) -> Result<Self, RepositoryError> {
+        // Refuse to scatter our files over a directory that holds other
+        // things (a home directory, a data directory): a typo in the
+        // setting should not turn someone's directory into a repository.
+        // An empty `backups/` is what a crash during creation leaves.
+        let backups = root.join(BACKUPS_DIR);
+        let entries = fs::read_dir(root).map_err(|error| io_error(root, error))?;
+        for entry in entries {
+            let entry = entry.map_err(|error| io_error(root, error))?;
+            let name = entry.file_name();
+            let leftover = name == BACKUPS_DIR && is_empty_directory(&backups)?;
+            if name != "lost+found" && !leftover {
+                return Err(RepositoryError::NotEmpty {
+                    root: root.to_owned(),
+                });
+            }
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&backups)
+            .map_err(|error| io_error(&backups, error))?;
+        let marker = Marker {
+            format: MARKER_FORMAT.to_owned(),
+            version: MARKER_VERSION,
+            system_identifier,
+        };
+        // The marker goes last, so that a directory with a marker is
+        // always a complete repository.
+        write_file_durably(root, MARKER_FILE_NAME, &to_json(&marker))?;
+        Ok(Repository {
+            root: root.to_owned(),
+            system_identifier,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The system identifier of the cluster the repository belongs to.
+    pub fn system_identifier(&self) -> u64 {
+        self.system_identifier
+    }
+
+    /// `<root>/backups/<id>`; `id` must have passed [`validate_backup_id`].
+    pub fn backup_dir(&self, id: &str) -> PathBuf {
+        self.backups_dir().join(id)
+    }
+
+    /// `<root>/backups/<id>/pgdata`, the data directory image.
+    pub fn data_dir(&self, id: &str) -> PathBuf {
+        self.backup_dir(id).join(DATA_DIR_NAME)
+    }
+
+    fn backups_dir(&self) -> PathBuf {
+        self.root.join(BACKUPS_DIR)
+    }
+
+    /// A fresh id for a backup started at `start_time_us`:
+    /// `YYYYMMDD-HHMMSS` (UTC) plus `F`, `I` or `D`, with `-2`, `-3`, …
+    /// appended when that name is taken. Call it with the lock held.
+    pub fn new_backup_id(&self, start_time_us: i64, mode: BackupMode) -> String {
+        let base = format!("{}{}", utc_timestamp_name(start_time_us), mode_letter(mode));
+        let taken = |id: &str| {
+            let backups = self.backups_dir();
+            backups.join(id).exists()
+                || backups.join(format!("{CREATING_PREFIX}{id}")).exists()
+                || backups.join(format!("{DELETING_PREFIX}{id}")).exists()
+        };
+        if !taken(&base) {
+            return base;
+        }
+        let mut suffix = 2u64;
+        loop {
+            let candidate = format!("{base}-{suffix}");
+            if !taken(&candidate) {
+                return candidate;
+            }
+            suffix += 1;
+        }
+    }
+
+    /// Every backup, by (start time, id). A backup directory whose record
+    /// cannot be read is an error naming it: skipping it would hide a
+    /// damaged backup and could let expiry remove what depends on it.
+    pub fn list(&self) -> Result<Vec<BackupRecord>, RepositoryError> {
+        let backups = self.backups_dir();
+        let entries = match fs::read_dir(&backups) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(io_error(&backups, error)),
+        };
+        let mut records = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|error| io_error(&backups, error))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(DELETING_PREFIX) || name.starts_with(CREATING_PREFIX) {
+                continue;
+            }
+            let path = entry.path();
+            let is_dir = match fs::metadata(&path) {
+                Ok(metadata) => metadata.is_dir(),
+                // Deleted since the directory was read.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(io_error(&path, error)),
+            };
+            if !is_dir {
+                continue;
+            }
+            let record_path = path.join(RECORD_FILE_NAME);
+            let record: BackupRecord = read_json(&record_path)?;
+            if record.backup_id != name {
+                return Err(RepositoryError::RecordMismatch {
+                    path: record_path,
+                    found: record.backup_id,
+                });
+            }
+            records.push(record);
+        }
+        records
+            .sort_by(|a, b| (a.start_time_us, &a.backup_id).cmp(&(b.start_time_us, &b.backup_id)));
+        Ok(records)
+    }
+
+    pub fn read_record(&self, id: &str) -> Result<BackupRecord, RepositoryError> {
+        validate_backup_id(id)?;
+        let path = self.backup_dir(id).join(RECORD_FILE_NAME);
+        let record: BackupRecord = read_json(&path).map_err(|error| not_found_as(error, id))?;
+        if record.backup_id != id {
+            return Err(RepositoryError::RecordMismatch {
+                path,
+                found: record.backup_id,
+            });
+        }
+        Ok(record)
+    }
+
+    /// Writes the backup's `backup.json` durably, replacing the old one.
+    /// For a new id the backup directory is created with it, atomically:
+    /// it is built as `.creating-<id>` (record and empty `pgdata/`) and
+    /// renamed, so that [`Repository::list`] never meets a backup without
+    /// its record. Call it with the lock held.
+    pub fn write_record(&self, record: &BackupRecord) -> Result<(), RepositoryError> {
+        let id = &record.backup_id;
+        validate_backup_id(id)?;
+        let dir = self.backup_dir(id);
+        if dir.is_dir() {
+            write_file_durably(&dir, RECORD_FILE_NAME, &to_json(record))?;
+            return Ok(());
+        }
+        let backups = self.backups_dir();
+        let building = backups.join(format!("{CREATING_PREFIX}{id}"));
+        if building.exists() {
+            // Left by a crash; nothing refers to it.
+            fs::remove_dir_all(&building).map_err(|error| io_error(&building, error))?;
+        }
+        let data_dir = building.join(DATA_DIR_NAME);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data_dir)
+            .map_err(|error| io_error(&data_dir, error))?;
+        sync_directory(&building)?;
+        write_file_durably(&building, RECORD_FILE_NAME, &to_json(record))?;
+        fs::rename(&building, &dir).map_err(|error| io_error(&dir, error))?;
+        sync_directory(&backups)
+    }
+
+    pub fn read_contents(&self, id: &str) -> Result<BackupContents, RepositoryError> {
+        validate_backup_id(id)?;
+        let path = self.backup_dir(id).join(CONTENTS_FILE_NAME);
+        read_json(&path).map_err(|error| not_found_as(error, id))
+    }
+
+    /// Writes the backup's `contents.json` durably; the backup must exist.
+    pub fn write_contents(
+        &self,
+        id: &str,
+        contents: &BackupContents,
+    ) -> Result<(), RepositoryError> {
+        validate_backup_id(id)?;
+        let dir = self.backup_dir(id);
+        if !dir.is_dir() {
+            return Err(RepositoryError::BackupNotFound { id: id.to_owned() });
+        }
+        write_file_durably(&dir, CONTENTS_FILE_NAME, &to_json(contents))?;
+        Ok(())
+    }
+
+    /// Takes the repository's exclusive lock without waiting. Backups and
+    /// deletes hold it for their whole run.
+    pub fn lock(&self) -> Result<RepositoryLock, RepositoryError> {
+        let path = self.root.join(LOCK_FILE_NAME);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|error| io_error(&path, error))?;
+        match file.try_lock() {
+            Ok(()) => Ok(RepositoryLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(RepositoryError::Busy { path }),
+            Err(fs::TryLockError::Error(error)) => Err(io_error(&path, error)),
+        }
+    }
+
+    /// Removes a backup: renamed to `.deleting-<id>` first (durably), then
+    /// removed recursively. Leftovers of earlier interrupted deletes are
+    /// removed too. Call it with the lock held.
+    pub fn remove_backup(&self, id: &str) -> Result<(), RepositoryError> {
+        validate_backup_id(id)?;
+        let backups = self.backups_dir();
+        let dir = backups.join(id);
+        if !dir.is_dir() {
+            return Err(RepositoryError::BackupNotFound { id: id.to_owned() });
+        }
+        let doomed = backups.join(format!("{DELETING_PREFIX}{id}"));
+        if doomed.exists() {
+            fs::remove_dir_all(&doomed).map_err(|error| io_error(&doomed, error))?;
+        }
+        fs::rename(&dir, &doomed).map_err(|error| io_error(&dir, error))?;
+        sync_directory(&backups)?;
+        let entries = fs::read_dir(&backups).map_err(|error| io_error(&backups, error))?;
+        for entry in entries {
+            let entry = entry.map_err(|error| io_error(&backups, error))?;
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(DELETING_PREFIX)
+            {
+                let path = entry.path();
+                match fs::remove_dir_all(&path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(io_error(&path, error)),
+                }
+            }
+        }
+        sync_directory(&backups)
+    }
+
+    /// The backup `id` and its ancestors, oldest (the full backup) first.
+    /// Every member must be usable (DONE or OK), present, of this cluster
+    /// and of the same block geometry; anything else is an error naming
+    /// the backup at fault.
+    pub fn chain(&self, id: &str) -> Result<Vec<BackupRecord>, RepositoryError> {
+        let mut chain: Vec<BackupRecord> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut next = Some(id.to_owned());
+        while let Some(current) = next {
+            if !seen.insert(current.clone()) {
+                return Err(RepositoryError::BrokenChain {
+                    id: id.to_owned(),
+                    detail: format!("backup \"{current}\" is its own ancestor"),
+                });
+            }
+            let record = match (self.read_record(&current), chain.last()) {
+                (Ok(record), _) => record,
+                (Err(RepositoryError::BackupNotFound { .. }), Some(child)) => {
+                    return Err(RepositoryError::MissingParent {
+                        id: child.backup_id.clone(),
+                        parent: current,
+                    })
+                }
+                (Err(error), _) => return Err(error),
+            };
+            self.check_chain_member(&record, chain.last())?;
+            next = record.parent_backup_id.clone();
+            chain.push(record);
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    fn check_chain_member(
+        &self,
+        record: &BackupRecord,
+        child: Option<&BackupRecord>,
+    ) -> Result<(), RepositoryError> {
+        let id = &record.backup_id;
+        let broken = |detail: String| RepositoryError::BrokenChain {
+            id: id.clone(),
+            detail,
+        };
+        if !record.status.is_usable() {
+            return Err(RepositoryError::NotUsable {
+                id: id.clone(),
+                status: record.status,
+            });
+        }
+        if record.system_identifier != self.system_identifier {
+            return Err(RepositoryError::ForeignBackup {
+                id: id.clone(),
+                found: record.system_identifier,
+                expected: self.system_identifier,
+            });
+        }
+        match (record.mode, &record.parent_backup_id) {
+            (BackupMode::Incremental, None) => {
+                return Err(broken("it is incremental but names no parent".to_owned()))
+            }
+            (BackupMode::Full | BackupMode::Dump, Some(parent)) => {
+                return Err(broken(format!(
+                    "it is not incremental but names parent \"{parent}\""
+                )))
+            }
+            _ => {}
+        }
+        if let Some(child) = child {
+            if record.mode == BackupMode::Dump {
+                return Err(broken(format!(
+                    "\"{}\" names the dump \"{id}\" as its parent",
+                    child.backup_id
+                )));
+            }
+            if (record.block_size, record.segment_blocks)
+                != (child.block_size, child.segment_blocks)
+            {
+                return Err(broken(format!(
+                    "\"{}\" and its parent \"{id}\" differ in block size or segment size",
+                    child.backup_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rereads every file `contents` lists for backup `id` (decompressing
+    /// when `compression` is gzip) and compares its size and CRC-32C with
+    /// the listing. Problems are collected, one message per file, so that
+    /// one damaged file does not hide the others.
+    pub fn validate_backup_files(
+        &self,
+        id: &str,
+        contents: &BackupContents,
+        compression: Compression,
+    ) -> ValidationReport {
+        let mut report = ValidationReport::default();
+        if let Err(error) = validate_backup_id(id) {
+            report.errors.push(error.to_string());
+            return report;
+        }
+        let data_dir = self.data_dir(id);
+        for file in &contents.files {
+            report.files_checked += 1;
+            let Some(relative) = safe_relative_path(&file.path) else {
+                report.errors.push(format!(
+                    "\"{}\": not a valid path inside a backup",
+                    file.path
+                ));
+                continue;
+            };
+            let mut path = data_dir.join(relative);
+            if compression == Compression::Gzip {
+                path.as_mut_os_string().push(".gz");
+            }
+            match checksum_file(&path, compression) {
+                Ok(found) => {
+                    report.bytes_checked += found.size;
+                    if found.stored_size != file.stored_size {
+                        report.errors.push(format!(
+                            "\"{}\": {} bytes on disk, {} expected",
+                            file.path, found.stored_size, file.stored_size
+                        ));
+                    } else if found.size != file.size {
+                        report.errors.push(format!(
+                            "\"{}\": {} bytes of content, {} expected",
+                            file.path, found.size, file.size
+                        ));
+                    } else if found.crc32c != file.crc32c {
+                        report.errors.push(format!(
+                            "\"{}\": CRC-32C {:08x}, {:08x} expected",
+                            file.path, found.crc32c, file.crc32c
+                        ));
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    report
+                        .errors
+                        .push(format!("\"{}\": file is missing", file.path));
+                }
+                Err(error) => {
+                    report
+                        .errors
+                        .push(format!("\"{}\": could not be read: {error}", file.path));
+                }
+            }
+        }
+        report
+    }
+}
+
+/// `path` as a relative path made only of normal components, or None if it
+/// could reach outside the directory it is joined to.
+fn safe_relative_path(path: &str) -> Option<&Path> {
+    let path = Path::new(path);
+    let normal = !path.as_os_str().is_empty()
+        && path
+            .components()
+            .all(|component| matches!(component, Component::Normal(_)));
+    normal.then_some(path)
+}
+
+struct FileChecksum {
+    size: u64,
+    stored_size: u64,
+    crc32c: u32,
+}
+
+fn checksum_file(path: &Path, compression: Compression) -> io::Result<FileChecksum> {
+    let file = File::open(path)?;
+    let stored_size = file.metadata()?.len();
+    let mut reader: Box<dyn Read> = match compression {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(GzDecoder::new(file)),
+    };
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    let mut crc = 0u32;
+    loop {
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        crc = crc32c::crc32c_append(crc, &buffer[..read]);
+        size += read as u64;
+    }
+    Ok(FileChecksum {
+        size,
+        stored_size,
+        crc32c: crc,
+    })
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs (strings, numbers, options, vectors)
+    // into memory cannot fail; an empty document would be caught on read.
+    let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RepositoryError> {
+    let bytes = fs::read(path).map_err(|error| io_error(path, error))?;
+    serde_json::from_slice(&bytes).map_err(|source| RepositoryError::BadJson {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A missing record or contents file means the backup is not there.
+fn not_found_as(error: RepositoryError, id: &str) -> RepositoryError {
+    match error {
+        RepositoryError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+            RepositoryError::BackupNotFound { id: id.to_owned() }
+        }
+        other => other,
+    }
+}
+
+fn is_empty_directory(dir: &Path) -> Result<bool, RepositoryError> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(error) if error.kind() == io::ErrorKind::NotADirectory => Ok(false),
+        Err(error) => Err(io_error(dir, error)),
+    }
+}
+
+fn sync_directory(dir: &Path) -> Result<(), RepositoryError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|error| io_error(dir, error))
+}
+
+fn mode_letter(mode: BackupMode) -> char {
+    match mode {
+        BackupMode::Full => 'F',
+        BackupMode::Incremental => 'I',
+        BackupMode::Dump => 'D',
+    }
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC for a time in microseconds since the epoch.
+fn utc_timestamp_name(time_us: i64) -> String {
+    let seconds = time_us.div_euclid(1_000_000);
+    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+    let second_of_day = seconds.rem_euclid(86_400);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    )
+}
+
+/// The proleptic Gregorian (year, month, day) of a day number counted from
+/// 1970-01-01 (Howard Hinnant's `civil_from_days`): shift the year to start
+/// in March so the leap day is last, then split into 400-year eras.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The parent links among `records`, and each record's depth in its chain
+/// (0 for a backup without a parent, or whose parent is unknown). Cycles
+/// (only possible in a hand-edited repository) are cut where found.
+fn chain_depths(records: &[BackupRecord]) -> BTreeMap<&str, usize> {
+    let parents: BTreeMap<&str, Option<&str>> = records
+        .iter()
+        .map(|record| {
+            (
+                record.backup_id.as_str(),
+                record.parent_backup_id.as_deref(),
+            )
+        })
+        .collect();
+    parents
+        .keys()
+        .map(|&id| {
+            let mut depth = 0;
+            let mut current = id;
+            let mut seen = BTreeSet::from([id]);
+            while let Some(&Some(parent)) = parents.get(current) {
+                if !parents.contains_key(parent) || !seen.insert(parent) {
+                    break;
+                }
+                depth += 1;
+                current = parent;
+            }
+            (id, depth)
+        })
+        .collect()
+}
+
+/// `ids` ordered for removal: deepest first, so that a child always goes
+/// before its parent and an interrupted run never leaves an orphan.
+fn children_first<'a>(mut ids: Vec<&'a str>, depths: &BTreeMap<&str, usize>) -> Vec<&'a str> {
+    ids.sort_by(|a, b| {
+        let depth = |id: &str| depths.get(id).copied().unwrap_or(0);
+        depth(b).cmp(&depth(a)).then(a.cmp(b))
+    });
+    ids
+}
+
+/// The oldest ancestor of `id` present in `by_id`.
+fn chain_root<'a>(id: &'a str, by_id: &BTreeMap<&'a str, &'a BackupRecord>) -> &'a str {
+    let mut current = id;
+    let mut seen = BTreeSet::from([id]);
+    while let Some(parent) = by_id
+        .get(current)
+        .and_then(|record| record.parent_backup_id.as_deref())
+    {
+        if !by_id.contains_key(parent) || !seen.insert(parent) {
+            break;
+        }
+        current = parent;
+    }
+    current
+}
+
+/// `id` and all its ancestors present in `records`.
+fn with_ancestors<'a>(
+    id: &'a str,
+    by_id: &BTreeMap<&'a str, &'a BackupRecord>,
+    into: &mut BTreeSet<&'a str>,
+) {
+    let mut current = Some(id);
+    while let Some(id) = current {
+        if !into.insert(id) {
+            break;
+        }
+        current = by_id
+            .get(id)
+            .and_then(|record| record.parent_backup_id.as_deref());
+    }
+}
+
+/// Which backups retention removes, children first.
+///
+/// A backup is kept if any given rule keeps it:
+/// * `keep_full` N keeps the newest N usable full backups and every backup
+///   whose chain starts at one of them; it also keeps the newest N usable
+///   dumps, which stand alone the way full backups do;
+/// * `keep_days` D keeps usable backups that ended within D days of
+///   `now_us`, and everything they depend on.
+///
+/// With neither rule given nothing is removed by age. Backups in ERROR are
+/// removed in any case, RUNNING backups are never touched, and no backup
+/// is removed while a kept (or RUNNING) backup depends on it: that rule
+/// wins over all others, so retention can never make a backup unrestorable.
+pub fn expire_plan(
+    records: &[BackupRecord],
+    keep_full: Option<u32>,
+    keep_days: Option<u32>,
+    now_us: i64,
+) -> Vec<(String, ExpireAction)> {
+    let by_id: BTreeMap<&str, &BackupRecord> = records
+        .iter()
+        .map(|record| (record.backup_id.as_str(), record))
+        .collect();
+    let mut kept: BTreeSet<&str> = BTreeSet::new();
+    if keep_full.is_none() && keep_days.is_none() {
+        kept.extend(
+            records
+                .iter()
+                .filter(|record| record.status != BackupStatus::Error)
+                .map(|record| record.backup_id.as_str()),
+        );
+    }
+    if let Some(count) = keep_full {
+        let newest = |mode: BackupMode| {
+            let mut candidates: Vec<&BackupRecord> = records
+                .iter()
+                .filter(|record| record.mode == mode && record.status.is_usable())
+                .collect();
+            candidates.sort_by(|a, b| {
+                (b.start_time_us, &b.backup_id).cmp(&(a.start_time_us, &a.backup_id))
+            });
+            candidates
+                .into_iter()
+                .take(count as usize)
+                .map(|record| record.backup_id.as_str())
+                .collect::<BTreeSet<&str>>()
+        };
+        let roots = newest(BackupMode::Full);
+        kept.extend(newest(BackupMode::Dump));
+        kept.extend(
+            records
+                .iter()
+                .filter(|record| record.status != BackupStatus::Error)
+                .map(|record| record.backup_id.as_str())
+                .filter(|id| roots.contains(chain_root(id, &by_id))),
+        );
+    }
+    if let Some(days) = keep_days {
+        let cutoff = now_us.saturating_sub(i64::from(days).saturating_mul(MICROS_PER_DAY));
+        for record in records {
+            let recent = record.end_time_us.is_some_and(|end| end >= cutoff);
+            if record.status.is_usable() && recent {
+                kept.insert(record.backup_id.as_str());
+            }
+        }
+    }
+    // Whatever a kept or running backup depends on stays.
+    let mut protected = BTreeSet::new();
+    for record in records {
+        let id = record.backup_id.as_str();
+        if kept.contains(id) || record.status == BackupStatus::Running {
+            with_ancestors(id, &by_id, &mut protected);
+        }
+    }
+
+    let doomed: Vec<&str> = records
+        .iter()
+        .map(|record| record.backup_id.as_str())
+        .filter(|id| !protected.contains(id))
+        .collect();
+    let depths = chain_depths(records);
+    children_first(doomed, &depths)
+        .into_iter()
+        .map(|id| {
+            let action = match by_id.get(id).map(|record| record.status) {
+                Some(BackupStatus::Error) => ExpireAction::DeletedFailed,
+                _ => ExpireAction::Deleted,
+            };
+            (id.to_owned(), action)
+        })
+        .collect()
+}
+
+/// The backups `delete_backup(id, cascade)` removes, children first: `id`
+/// itself and, with `cascade`, every backup that depends on it. Without
+/// `cascade`, a backup that others depend on is refused.
+///
+/// The caller holds the repository lock, so a RUNNING record here is the
+/// leftover of a crashed backup and may be deleted like any other.
+pub fn delete_plan(
+    records: &[BackupRecord],
+    id: &str,
+    cascade: bool,
+) -> Result<Vec<String>, RepositoryError> {
+    validate_backup_id(id)?;
+    if !records.iter().any(|record| record.backup_id == id) {
+        return Err(RepositoryError::BackupNotFound { id: id.to_owned() });
+    }
+    let mut doomed = BTreeSet::from([id]);
+    // Grow the set until no record outside it names a parent inside it.
+    loop {
+        let before = doomed.len();
+        for record in records {
+            if let Some(parent) = record.parent_backup_id.as_deref() {
+                if doomed.contains(parent) {
+                    doomed.insert(record.backup_id.as_str());
+                }
+            }
+        }
+        if doomed.len() == before {
+            break;
+        }
+    }
+    if !cascade && doomed.len() > 1 {
+        let children = records
+            .iter()
+            .filter(|record| record.parent_backup_id.as_deref() == Some(id))
+            .map(|record| record.backup_id.clone())
+            .collect();
+        return Err(RepositoryError::HasChildren {
+            id: id.to_owned(),
+            children,
+        });
+    }
+    let depths = chain_depths(records);
+    Ok(children_first(doomed.into_iter().collect(), &depths)
+        .into_iter()
+        .map(str::to_owned)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_match_a_day_by_day_calendar() {
+        let days_in_month = |year: i64, month: u32| match month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+            _ => 28,
+        };
+        let (mut year, mut month, mut day) = (1970i64, 1u32, 1u32);
+        for days in 0..(400 * 366) {
+            assert_eq!(civil_from_days(days), (year, month, day), "day {days}");
+            day += 1;
+            if day > days_in_month(year, month) {
+                day = 1;
+                month += 1;
+                if month > 12 {
+                    month = 1;
+                    year += 1;
+                }
+            }
+        }
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn timestamp_names_are_utc() {
+        assert_eq!(utc_timestamp_name(0), "19700101-000000");
+        assert_eq!(utc_timestamp_name(951_782_400_000_000), "20000229-000000");
+        assert_eq!(utc_timestamp_name(1_700_000_000_123_456), "20231114-221320");
+        assert_eq!(utc_timestamp_name(-1), "19691231-235959");
+    }
+
+    #[test]
+    fn backup_ids_cannot_escape() {
+        for good in ["20240101-000000F", "a", "A_b-9", &"x".repeat(64)] {
+            assert!(validate_backup_id(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            "a b",
+            ".deleting-x",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert!(validate_backup_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn safe_paths_stay_inside() {
+        assert!(safe_relative_path("base/5/16384").is_some());
+        for bad in ["", "/etc/passwd", "../x", "base/../../x", "./x"] {
+            assert!(safe_relative_path(bad).is_none(), "{bad:?}");
+        }
+    }
+}

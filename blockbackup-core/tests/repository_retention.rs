@@ -1,0 +1,181 @@
+//! Retention and deletion plans: what `expire_backups` and
+//! `delete_backup` remove, and in which order.
+
+use blockbackup_core::catalog::{BackupMode, BackupRecord, BackupStatus, Compression};
+use blockbackup_core::lsn::Lsn;
+use blockbackup_core::repository::{delete_plan, expire_plan, ExpireAction, RepositoryError};
+
+const DAY: i64 = 86_400_000_000;
+const NOW: i64 = 1_000 * DAY;
+
+/// A backup that started `age_days` before NOW and ended right after.
+fn backup(id: &str, parent: Option<&str>, age_days: i64, status: BackupStatus) -> BackupRecord {
+    let start = NOW - age_days * DAY;
+    BackupRecord {
+        backup_id: id.to_owned(),
+        mode: if parent.is_some() {
+            BackupMode::Incremental
+        } else {
+            BackupMode::Full
+        },
+        status,
+        parent_backup_id: parent.map(str::to_owned),
+        label: None,
+        timeline: 1,
+        start_lsn: Lsn(1),
+        stop_lsn: Some(Lsn(2)),
+        start_time_us: start,
+        end_time_us: Some(start + 1),
+        recovery_xid: None,
+        recovery_time_us: None,
+        files: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        compression: Compression::None,
+        block_size: 8192,
+        segment_blocks: 131_072,
+        wal_segment_size: 16 << 20,
+        system_identifier: 1,
+        server_version: 150_000,
+        tablespaces: Vec::new(),
+        error: None,
+    }
+}
+
+use BackupStatus::{Corrupt, Done, Error, Ok as Okay, Running};
+
+/// Two chains and a stray failed backup:
+/// F1 (30 days) <- I1a (29) <- I1b (28); F2 (10) <- I2a (9) <- I2b (2).
+fn history() -> Vec<BackupRecord> {
+    vec![
+        backup("F1", None, 30, Okay),
+        backup("I1a", Some("F1"), 29, Done),
+        backup("I1b", Some("I1a"), 28, Done),
+        backup("E", None, 20, Error),
+        backup("F2", None, 10, Done),
+        backup("I2a", Some("F2"), 9, Done),
+        backup("I2b", Some("I2a"), 2, Done),
+    ]
+}
+
+fn ids(plan: &[(String, ExpireAction)]) -> Vec<&str> {
+    plan.iter().map(|(id, _)| id.as_str()).collect()
+}
+
+#[test]
+fn without_rules_only_failed_backups_go() {
+    let plan = expire_plan(&history(), None, None, NOW);
+    assert_eq!(plan, vec![("E".to_owned(), ExpireAction::DeletedFailed)]);
+    assert_eq!(
+        ExpireAction::DeletedFailed.as_str(),
+        "deleted (failed backup)"
+    );
+    assert_eq!(ExpireAction::Deleted.as_str(), "deleted");
+}
+
+#[test]
+fn keep_full_keeps_the_newest_chains_whole() {
+    let plan = expire_plan(&history(), Some(1), None, NOW);
+    assert_eq!(ids(&plan), vec!["I1b", "I1a", "E", "F1"]);
+    assert!(plan[..2]
+        .iter()
+        .all(|(_, action)| *action == ExpireAction::Deleted));
+    assert_eq!(plan[2].1, ExpireAction::DeletedFailed);
+    assert_eq!(
+        expire_plan(&history(), Some(2), None, NOW),
+        vec![("E".to_owned(), ExpireAction::DeletedFailed)]
+    );
+}
+
+#[test]
+fn keep_full_counts_only_usable_full_backups() {
+    let mut records = history();
+    records.push(backup("F3", None, 1, Corrupt));
+    records.push(backup("I3", Some("F3"), 0, Done));
+    // F3 is not usable: F2 is still the newest, and F3's chain goes.
+    let plan = expire_plan(&records, Some(1), None, NOW);
+    assert_eq!(ids(&plan), vec!["I1b", "I1a", "I3", "E", "F1", "F3"]);
+}
+
+#[test]
+fn keep_days_keeps_recent_backups_and_what_they_need() {
+    // Only I2b ended within 5 days, and it needs F2 and I2a.
+    let plan = expire_plan(&history(), None, Some(5), NOW);
+    assert_eq!(ids(&plan), vec!["I1b", "I1a", "E", "F1"]);
+    // 29.5 days keep I1b and so its whole chain.
+    let plan = expire_plan(&history(), None, Some(29), NOW);
+    assert_eq!(ids(&plan), vec!["E"]);
+    let plan = expire_plan(&history(), None, Some(28), NOW);
+    assert_eq!(ids(&plan), vec!["E"]);
+    let plan = expire_plan(&history(), None, Some(27), NOW);
+    assert_eq!(ids(&plan), vec!["I1b", "I1a", "E", "F1"]);
+}
+
+#[test]
+fn either_rule_keeps() {
+    let mut records = history();
+    records.push(backup("F0", None, 60, Done));
+    // keep_full 1 keeps chain 2, keep_days 29 keeps chain 1; F0 goes.
+    let plan = expire_plan(&records, Some(1), Some(29), NOW);
+    assert_eq!(ids(&plan), vec!["E", "F0"]);
+}
+
+#[test]
+fn running_backups_and_their_parents_are_never_touched() {
+    let mut records = history();
+    records.push(backup("R", Some("I1b"), 0, Running));
+    let plan = expire_plan(&records, Some(1), Some(1), NOW);
+    assert_eq!(ids(&plan), vec!["E"]);
+}
+
+#[test]
+fn failed_backups_go_even_when_recent() {
+    let records = vec![backup("F", None, 0, Done), backup("E", Some("F"), 0, Error)];
+    let plan = expire_plan(&records, Some(5), Some(5), NOW);
+    assert_eq!(plan, vec![("E".to_owned(), ExpireAction::DeletedFailed)]);
+}
+
+#[test]
+fn dumps_count_separately_under_keep_full() {
+    let mut records = history();
+    for (id, age) in [("D1", 40), ("D2", 3)] {
+        let mut dump = backup(id, None, age, Done);
+        dump.mode = BackupMode::Dump;
+        records.push(dump);
+    }
+    let plan = expire_plan(&records, Some(1), None, NOW);
+    assert_eq!(ids(&plan), vec!["I1b", "I1a", "D1", "E", "F1"]);
+}
+
+#[test]
+fn deleting_requires_cascade_for_parents() {
+    let records = history();
+    assert_eq!(delete_plan(&records, "I2b", false).unwrap(), vec!["I2b"]);
+    let error = delete_plan(&records, "I2a", false).unwrap_err();
+    assert!(
+        matches!(&error, RepositoryError::HasChildren { id, children } if id == "I2a" && children == &["I2b".to_owned()]),
+        "{error}"
+    );
+    assert!(error.to_string().contains("cascade"), "{error}");
+    assert_eq!(
+        delete_plan(&records, "F1", true).unwrap(),
+        vec!["I1b", "I1a", "F1"]
+    );
+    assert!(matches!(
+        delete_plan(&records, "nope", true),
+        Err(RepositoryError::BackupNotFound { .. })
+    ));
+    assert!(matches!(
+        delete_plan(&records, "../F1", true),
+        Err(RepositoryError::InvalidBackupId { .. })
+    ));
+}
+
+#[test]
+fn cascade_takes_every_branch_children_first() {
+    let mut records = history();
+    records.push(backup("I2c", Some("F2"), 1, Done));
+    records.push(backup("I2d", Some("I2c"), 0, Done));
+    let plan = delete_plan(&records, "F2", true).unwrap();
+    assert_eq!(plan, vec!["I2b", "I2d", "I2a", "I2c", "F2"]);
+}

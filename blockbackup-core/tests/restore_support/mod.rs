@@ -1,0 +1,179 @@
+//! Synthetic backup repositories on disk for restore tests: backup images
+//! laid out as the repository stores them, with contents that carry the
+//! right sizes and CRCs, compressed or not.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use blockbackup_core::catalog::{
+    BackupContents, BackupMode, BackupRecord, BackupStatus, Compression, StoredFile, StoredKind,
+    TablespaceEntry,
+};
+use blockbackup_core::incremental_file::{incremental_path, IncrementalHeader};
+use blockbackup_core::reconstruct::ChainMember;
+use blockbackup_core::Lsn;
+use flate2::write::GzEncoder;
+
+pub const BLOCK: usize = 1024;
+
+pub struct Backup {
+    pub record: BackupRecord,
+    pub contents: BackupContents,
+    pub data_dir: PathBuf,
+}
+
+pub fn record(id: &str, parent: Option<&str>, compression: Compression, lsn: u64) -> BackupRecord {
+    BackupRecord {
+        backup_id: id.to_owned(),
+        mode: if parent.is_some() {
+            BackupMode::Incremental
+        } else {
+            BackupMode::Full
+        },
+        status: BackupStatus::Done,
+        parent_backup_id: parent.map(str::to_owned),
+        label: None,
+        timeline: 1,
+        start_lsn: Lsn(lsn),
+        stop_lsn: Some(Lsn(lsn + 0x100)),
+        start_time_us: 0,
+        end_time_us: None,
+        recovery_xid: None,
+        recovery_time_us: None,
+        files: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        compression,
+        block_size: BLOCK as u32,
+        segment_blocks: 131072,
+        wal_segment_size: 16 << 20,
+        system_identifier: 1,
+        server_version: 150000,
+        tablespaces: Vec::<TablespaceEntry>::new(),
+        error: None,
+    }
+}
+
+/// A file of a backup: its stored path, kind and content.
+pub struct Stored {
+    pub path: String,
+    pub kind: StoredKind,
+    pub content: Vec<u8>,
+}
+
+pub fn whole(path: &str, content: Vec<u8>) -> Stored {
+    Stored {
+        path: path.to_owned(),
+        kind: StoredKind::Whole,
+        content,
+    }
+}
+
+pub fn wal(path: &str, content: Vec<u8>) -> Stored {
+    Stored {
+        path: path.to_owned(),
+        kind: StoredKind::Wal,
+        content,
+    }
+}
+
+/// An incremental file for `path` of the given length holding `blocks`.
+pub fn incremental(path: &str, truncation_blocks: u32, blocks: &[(u32, Vec<u8>)]) -> Stored {
+    let header = IncrementalHeader {
+        block_size: BLOCK as u32,
+        truncation_blocks,
+        blocks: blocks.iter().map(|(b, _)| *b).collect(),
+    };
+    let mut content = header.encode();
+    for (_, data) in blocks {
+        assert_eq!(data.len(), BLOCK);
+        content.extend_from_slice(data);
+    }
+    assert_eq!(content.len() as u64, header.encoded_len());
+    Stored {
+        path: incremental_path(path),
+        kind: StoredKind::Incremental,
+        content,
+    }
+}
+
+/// A block whose every byte says which version of which block it is.
+pub fn block(tag: u8, number: u32) -> Vec<u8> {
+    let mut data = vec![tag; BLOCK];
+    data[..4].copy_from_slice(&number.to_le_bytes());
+    data
+}
+
+pub fn blocks(tags: &[u8]) -> Vec<u8> {
+    tags.iter()
+        .enumerate()
+        .flat_map(|(i, &tag)| {
+            if tag == 0 {
+                vec![0; BLOCK]
+            } else {
+                block(tag, i as u32)
+            }
+        })
+        .collect()
+}
+
+/// Writes `backups/<id>/pgdata/...` under `root` the way the repository
+/// stores a backup.
+pub fn write_backup(root: &Path, record: BackupRecord, files: Vec<Stored>) -> Backup {
+    let data_dir = root.join("backups").join(&record.backup_id).join("pgdata");
+    let mut contents = BackupContents::default();
+    for file in files {
+        let compressed = record.compression == Compression::Gzip;
+        let disk = if compressed {
+            data_dir.join(format!("{}.gz", file.path))
+        } else {
+            data_dir.join(&file.path)
+        };
+        fs::create_dir_all(disk.parent().unwrap()).unwrap();
+        let stored = if compressed {
+            let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            encoder.write_all(&file.content).unwrap();
+            encoder.finish().unwrap()
+        } else {
+            file.content.clone()
+        };
+        fs::write(&disk, &stored).unwrap();
+        contents.files.push(StoredFile {
+            path: file.path,
+            kind: file.kind,
+            size: file.content.len() as u64,
+            stored_size: stored.len() as u64,
+            crc32c: crc32c::crc32c(&file.content),
+            mtime: 1_700_000_000,
+        });
+    }
+    contents.files.sort_by(|a, b| a.path.cmp(&b.path));
+    Backup {
+        record,
+        contents,
+        data_dir,
+    }
+}
+
+pub fn chain(backups: &[Backup]) -> Vec<ChainMember<'_>> {
+    backups
+        .iter()
+        .map(|b| ChainMember {
+            record: &b.record,
+            data_dir: b.data_dir.clone(),
+            contents: &b.contents,
+        })
+        .collect()
+}
+
+/// The bytes a stored file has on disk.
+pub fn disk_path(backup: &Backup, stored_path: &str) -> PathBuf {
+    if backup.record.compression == Compression::Gzip {
+        backup.data_dir.join(format!("{stored_path}.gz"))
+    } else {
+        backup.data_dir.join(stored_path)
+    }
+}

@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""Benchmarks of pg_blockbackup's backups on a real PostgreSQL 15 cluster,
+each figure next to its peer measured in the same run on the same cluster:
+
+  * full: take_backup('full') (none, gzip) against pg_basebackup -Fp -X fetch
+    and pgBackRest full (compress-type none, gz at the same level);
+  * incremental after ~1% of pages changed by scattered single-row updates
+    (1,639 `UPDATE pgbench_accounts ... WHERE aid = X` at scale 100): bytes
+    written against changed_blocks() x 8 kB and against pgBackRest incr
+    (2.45 copies changed files whole), time against the full;
+  * restore of a full + 3 incrementals against `cp -r` of the result.
+
+Usage: python3 pg_test/bench/bench_backup.py [--scale 100] [--updates 1639]
+       [--dir /var/tmp] [--parallel 1] [--gzip-level 6] [--peers-only]
+--peers-only runs only pg_basebackup and pgBackRest (no extension needed).
+"""
+import argparse
+import json
+import os
+import random
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from harness import backup as bk  # noqa: E402
+from harness import extension  # noqa: E402
+from harness.cluster import PG_USER, TestDir, chown_postgres, pg_bin, run  # noqa: E402
+
+MB = 1024 * 1024
+GB = 1024 * MB
+BLCKSZ = 8192
+
+
+def timed(fn):
+    began = time.monotonic()
+    result = fn()
+    return time.monotonic() - began, result
+
+
+def tree_bytes(path):
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                total += os.path.getsize(full)
+    return total
+
+
+TMP_ROOT = None          # the run's temporary directory, shown as $TMP in the table
+
+
+def shown(argv):
+    """A command for the table, with the temporary directory shown as $TMP
+    and PostgreSQL's programs by name."""
+    text = shlex.join(argv).replace(pg_bin(""), "")
+    return text.replace(TMP_ROOT, "$TMP") if TMP_ROOT else text
+
+
+class Figures:
+    def __init__(self):
+        self.rows = {}
+
+    def add(self, key, what, command, seconds, written, **extra):
+        self.rows[key] = {"what": what, "command": command, "seconds": seconds,
+                          "written": written, **extra}
+        print(f"  {what}: {seconds:.2f} s, {written / MB:.1f} MB written", flush=True)
+
+
+# ---- peers ------------------------------------------------------------------
+
+def pg_basebackup(td, cluster, figures):
+    target = os.path.join(td.path, "basebackup")
+    argv = [pg_bin("pg_basebackup"), "-D", target, "-Fp", "-X", "fetch", "-c", "fast",
+            "-h", cluster.sockdir, "-p", str(cluster.port), "-U", PG_USER]
+    secs, _ = timed(lambda: run(argv, as_postgres=True, timeout=7200))
+    figures.add("basebackup", "pg_basebackup full", shown(argv) + " (as postgres)", secs,
+                tree_bytes(target))
+    shutil.rmtree(target)
+
+
+class PgBackRest:
+    """One stanza per compression type, each with its own repository."""
+
+    def __init__(self, td, cluster, compress, level, processes):
+        self.compress = compress
+        root = td.subdir(f"pgbackrest_{compress}")
+        for sub in ("repo", "log", "lock"):
+            td.subdir(os.path.join(f"pgbackrest_{compress}", sub))
+        self.conf = os.path.join(root, "pgbackrest.conf")
+        with open(self.conf, "w") as f:
+            f.write("[global]\n"
+                    f"repo1-path={root}/repo\n"
+                    "repo1-retention-full=100\n"
+                    f"log-path={root}/log\n"
+                    f"lock-path={root}/lock\n"
+                    "log-level-file=off\n"
+                    "start-fast=y\n"
+                    "archive-check=n\n"
+                    f"compress-type={compress}\n"
+                    f"compress-level={level}\n"
+                    f"process-max={processes}\n"
+                    "\n[bench]\n"
+                    f"pg1-path={cluster.datadir}\n"
+                    f"pg1-port={cluster.port}\n"
+                    f"pg1-socket-path={cluster.sockdir}\n")
+        chown_postgres(self.conf)
+
+    def argv(self, *args):
+        return ["pgbackrest", f"--config={self.conf}", "--stanza=bench",
+                "--log-level-console=warn", *args]
+
+    def run(self, *args, timeout=7200):
+        return run(self.argv(*args), as_postgres=True, timeout=timeout)
+
+    def stanza_create(self):
+        self.run("stanza-create")
+
+    def backup(self, kind):
+        argv = self.argv("backup", f"--type={kind}")
+        secs, _ = timed(lambda: run(argv, as_postgres=True, timeout=7200))
+        info = json.loads(self.run("info", "--output=json").stdout)
+        last = info[0]["backup"][-1]
+        assert last["type"] == kind, last
+        written = last["info"]["repository"]["delta"]
+        return secs, written, shown(argv) + " (as postgres)"
+
+
+def has_pgbackrest():
+    return shutil.which("pgbackrest") is not None
+
+
+# ---- ours ---------------------------------------------------------------------
+
+def take(cluster, mode, compress, parallel):
+    query = bk.take_backup_query(mode, None, compress, parallel)
+    secs, b = timed(lambda: bk.take_backup(cluster, mode, compress=compress, parallel=parallel,
+                                           timeout=7200))
+    return secs, b, query
+
+
+def scattered_updates(cluster, scale, count, seed):
+    rng = random.Random(seed)
+    aids = [rng.randint(1, scale * 100000) for _ in range(count)]
+    script = "".join(f"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = {a};\n"
+                     for a in aids)
+    cluster.sql(script, timeout=3600)
+    return len(set(aids))
+
+
+def changed_block_count(cluster, start, end):
+    extension.wait_for_summary(cluster, end, timeout_ms=600000)
+    return int(cluster.sql_value(
+        f"SELECT count(*) FROM blockbackup.changed_blocks('{start}', '{end}')"))
+
+
+def drop_caches(enabled):
+    if not enabled:
+        return
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+# ---- main -----------------------------------------------------------------------
+
+def check_space(path, scale, peers_only):
+    need = int((8 if peers_only else 16) * GB * max(scale, 1) / 100) + 4 * GB
+    free = bk.free_bytes(path)
+    if free < need:
+        sys.exit(f"{path}: {free / GB:.1f} GB free, this run needs about {need / GB:.1f} GB "
+                 "(pass --dir)")
+    return free
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=int, default=100, help="pgbench scale (100 = 1.5 GB)")
+    parser.add_argument("--updates", type=int, default=1639,
+                        help="scattered single-row UPDATEs before each incremental")
+    parser.add_argument("--dir", default="/var/tmp", help="where the temporary directory goes")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="take_backup's parallel and pgBackRest's process-max")
+    parser.add_argument("--gzip-level", type=int, default=6,
+                        help="pgBackRest's gz level; set it to the level take_backup uses")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="sync and drop the page cache before each restore/copy figure")
+    parser.add_argument("--peers-only", action="store_true",
+                        help="only pg_basebackup and pgBackRest (no extension needed)")
+    args = parser.parse_args()
+
+    free = check_space(args.dir, args.scale, args.peers_only)
+    tempfile.tempdir = args.dir
+    settings = {"shared_buffers": "1GB", "max_wal_size": "16GB", "wal_keep_size": "16GB",
+                "checkpoint_timeout": "30min", "autovacuum": "off"}
+    figures = Figures()
+    with TestDir(prefix="pgbb-bench-") as td:
+        global TMP_ROOT
+        TMP_ROOT = td.path
+        print(f"# in {td.path} ({free / GB:.0f} GB free)", flush=True)
+        cluster = td.cluster(preload=not args.peers_only, settings=settings).initdb().start()
+        if not args.peers_only:
+            extension.create_extension(cluster)
+            repo = bk.make_repository(td)
+            bk.configure_repository(cluster, repo)
+        print(f"# pgbench -i -s {args.scale}", flush=True)
+        run([pg_bin("pgbench"), "-i", "-q", "-s", str(args.scale), "-h", cluster.sockdir,
+             "-p", str(cluster.port), "-U", PG_USER, "postgres"], timeout=7200)
+        cluster.sql("CHECKPOINT")
+        db_bytes = int(cluster.sql_value("SELECT sum(pg_database_size(oid)) FROM pg_database"))
+
+        pg_basebackup(td, cluster, figures)
+        rests = {}
+        if has_pgbackrest():
+            for compress in ("gz", "none"):
+                rests[compress] = PgBackRest(td, cluster, compress, args.gzip_level,
+                                             args.parallel)
+                rests[compress].stanza_create()
+                secs, written, cmd = rests[compress].backup("full")
+                figures.add(f"pgbackrest_full_{compress}", f"pgBackRest full ({compress})",
+                            cmd, secs, written)
+        else:
+            print("# pgbackrest not installed (apt-get install -y pgbackrest): no peer rows")
+
+        if not args.peers_only:
+            for compress in ("gzip", "none"):          # none last: the chain's parent
+                secs, b, query = take(cluster, "full", compress, args.parallel)
+                figures.add(f"full_{compress}", f"take_backup full ({compress})", query, secs,
+                            b.bytes_written, backup=b)
+        changed_rows = scattered_updates(cluster, args.scale, args.updates, args.seed)
+        if "none" in rests:
+            secs, written, cmd = rests["none"].backup("incr")
+            figures.add("pgbackrest_incr", "pgBackRest incr (none)", cmd, secs, written)
+        if not args.peers_only:
+            parent = figures.rows["full_none"]["backup"]
+            for i in range(1, 4):
+                if i > 1:
+                    scattered_updates(cluster, args.scale, args.updates, args.seed + i)
+                secs, b, query = take(cluster, "incremental", "none", args.parallel)
+                assert b.parent_backup_id == parent.backup_id, (b, parent)
+                blocks = changed_block_count(cluster, parent.start_lsn, b.start_lsn)
+                figures.add(f"incr_{i}", f"take_backup incremental #{i} (none)", query, secs,
+                            b.bytes_written, backup=b, changed_blocks=blocks)
+                parent = b
+            target = bk.new_target(td, "restored", cluster)
+            drop_caches(args.drop_caches)
+            query = bk.restore_query(parent.backup_id, target.datadir)
+            secs, r = timed(lambda: bk.restore(cluster, parent.backup_id, target.datadir,
+                                               timeout=7200))
+            figures.add("restore", "restore_backup of full + 3 incrementals", query, secs,
+                        tree_bytes(target.datadir))
+            drop_caches(args.drop_caches)
+            argv = ["cp", "-r", target.datadir, os.path.join(td.path, "restored_copy")]
+            secs, _ = timed(lambda: run(argv, timeout=7200))
+            figures.add("cp", "cp -r of the restored directory", shown(argv), secs,
+                        tree_bytes(os.path.join(td.path, "restored_copy")))
+        cluster.stop()
+
+    report(figures.rows, args, db_bytes, changed_rows)
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def report(rows, args, db_bytes, changed_rows):
+    print()
+    print(f"Cluster: pgbench scale {args.scale}, {db_bytes / MB:.0f} MB in databases; "
+          f"{args.updates} scattered updates ({changed_rows} distinct rows) before each "
+          f"incremental; parallel {args.parallel}; gz level {args.gzip_level}.")
+    print()
+    print("| figure | command | time | written | ratio |")
+    print("|---|---|---|---|---|")
+
+    def line(key, ratio_text=""):
+        r = rows.get(key)
+        if r:
+            extra = f" ({r['changed_blocks']} changed blocks)" if "changed_blocks" in r else ""
+            print(f"| {r['what']}{extra} | `{r['command']}` | {r['seconds']:.2f} s "
+                  f"| {r['written'] / MB:.1f} MB | {ratio_text} |")
+
+    base = rows["basebackup"]
+    line("basebackup", f"{db_bytes / MB / base['seconds']:.0f} MB/s")
+    for key in ("pgbackrest_full_none", "pgbackrest_full_gz"):
+        if key in rows:
+            line(key, f"time vs pg_basebackup {ratio(rows[key]['seconds'], base['seconds'])}")
+    for key in ("full_none", "full_gzip"):
+        if key in rows:
+            r = rows[key]
+            peer = rows.get("pgbackrest_full_" + ("none" if key == "full_none" else "gz"))
+            text = (f"throughput vs pg_basebackup {ratio(base['seconds'], r['seconds'])}; "
+                    f"{db_bytes / MB / r['seconds']:.0f} MB/s")
+            if peer:
+                text += (f"; time vs pgBackRest {ratio(r['seconds'], peer['seconds'])}, "
+                         f"bytes vs pgBackRest {ratio(r['written'], peer['written'])}")
+            line(key, text)
+    line("pgbackrest_incr")
+    for i in range(1, 4):
+        r = rows.get(f"incr_{i}")
+        if not r:
+            continue
+        text = (f"bytes vs changed_blocks x 8 kB "
+                f"{ratio(r['written'], r['changed_blocks'] * BLCKSZ)}; "
+                f"time vs full {ratio(r['seconds'], rows['full_none']['seconds'])}")
+        if i == 1 and "pgbackrest_incr" in rows:
+            text += f"; bytes vs pgBackRest incr {ratio(r['written'], rows['pgbackrest_incr']['written'])}"
+        line(f"incr_{i}", text)
+    if "restore" in rows:
+        line("restore", f"time vs cp -r {ratio(rows['restore']['seconds'], rows['cp']['seconds'])}")
+        line("cp")
+    print()
+    print("$TMP is the run's temporary directory; every time is wall clock around the command "
+          "(SQL through psql); `written` is bytes on disk (pg_basebackup: the directory; "
+          "pgBackRest: `info` repository delta; take_backup: bytes_written).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+//! Backups from SQL: `take_backup` (full or block-incremental into the
+//! repository), the session-bound `backup_start`/`backup_stop` for scripts
+//! that copy files themselves, and the repository's upkeep (list,
+//! validate, expire, delete) and restore.
+//!
+//! Everything that is only files lives in the pure crate (plan, copy
+//! pipeline, catalog, reconstruction); this module decides, talks to the
+//! server (backup start/stop, WAL, summaries) and reports progress.
+
+pub mod progress;
+pub mod repository_access;
+pub mod restore;
+pub mod server_backup;
+pub mod session;
+pub mod take;
+mod wal_hold;

@@ -1,0 +1,55 @@
+//! The repository named by `blockbackup.repository`, opened with the checks
+//! a backup tool owes its users: the setting is there, the directory is
+//! absolute and apart from the data directory, and the repository belongs
+//! to this cluster.
+
+use std::path::PathBuf;
+
+use blockbackup_core::catalog::BackupStatus;
+use blockbackup_core::repository::Repository;
+
+use super::server_backup;
+use crate::server_paths::{data_directory, overlapping, resolved};
+use crate::{errors, settings};
+
+pub fn repository_root() -> PathBuf {
+    let Some(root) = settings::text(&settings::REPOSITORY) else {
+        errors::repository_unset();
+    };
+    let root = PathBuf::from(root);
+    let Some(resolved_root) = resolved(&root) else {
+        errors::invalid_argument(
+            format!("blockbackup.repository must be an absolute path without \"..\", got \"{}\"", root.display()),
+            "Set it to a directory outside the data directory, e.g. /var/lib/pg_blockbackup.",
+        );
+    };
+    let data_dir = resolved(&data_directory()).unwrap_or_else(data_directory);
+    if overlapping(&resolved_root, &data_dir) {
+        errors::invalid_argument(
+            format!(
+                "blockbackup.repository \"{}\" overlaps the data directory \"{}\"",
+                root.display(),
+                data_dir.display()
+            ),
+            "A backup inside the data it backs up would copy itself; choose a directory outside the data directory.",
+        );
+    }
+    resolved_root
+}
+
+/// Opens the repository, creating it on first use for this cluster.
+pub fn open_for_writing() -> Repository {
+    Repository::open_or_create(&repository_root(), server_backup::system_identifier())
+        .unwrap_or_else(|e| errors::repository(e))
+}
+
+/// Backups left RUNNING while no backup holds the repository lock were
+/// cut off (session killed, server crashed): they are ERROR.
+pub fn mark_interrupted_backups(repo: &Repository) {
+    let records = repo.list().unwrap_or_else(|e| errors::repository(e));
+    for mut record in records.into_iter().filter(|r| r.status == BackupStatus::Running) {
+        record.status = BackupStatus::Error;
+        record.error = Some("interrupted: the session or the server ended while the backup ran".into());
+        repo.write_record(&record).unwrap_or_else(|e| errors::repository(e));
+    }
+}

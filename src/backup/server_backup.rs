@@ -1,0 +1,73 @@
+//! PostgreSQL's own backup start and stop, called through SPI so that the
+//! same code serves every version (the C functions changed signature in
+//! 16), and the abort PostgreSQL needs when a backup fails half-way.
+
+use blockbackup_core::Lsn;
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::sql_types::PgLsn;
+
+pub struct StopResult {
+    pub stop_lsn: Lsn,
+    pub labelfile: String,
+    pub spcmapfile: String,
+}
+
+pub fn start(label: &str, fast: bool) -> Lsn {
+    let args: [DatumWithOid; 2] = [label.into(), fast.into()];
+    let lsn = Spi::connect_mut(|client| {
+        client
+            .update("SELECT pg_catalog.pg_backup_start($1, $2)", Some(1), &args)?
+            .first()
+            .get_one::<PgLsn>()
+    });
+    match lsn {
+        Ok(Some(lsn)) => lsn.0,
+        Ok(None) => error!("pg_blockbackup: pg_backup_start returned no LSN"),
+        Err(e) => error!("pg_blockbackup: pg_backup_start failed: {e}"),
+    }
+}
+
+pub fn stop(wait_for_archive: bool) -> StopResult {
+    let args: [DatumWithOid; 1] = [wait_for_archive.into()];
+    let row = Spi::connect_mut(|client| {
+        client
+            .update("SELECT lsn, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop($1)", Some(1), &args)?
+            .first()
+            .get_three::<PgLsn, String, String>()
+    });
+    match row {
+        Ok((Some(lsn), labelfile, spcmapfile)) => StopResult {
+            stop_lsn: lsn.0,
+            labelfile: labelfile.unwrap_or_default(),
+            spcmapfile: spcmapfile.unwrap_or_default(),
+        },
+        Ok(_) => error!("pg_blockbackup: pg_backup_stop returned no LSN"),
+        Err(e) => error!("pg_blockbackup: pg_backup_stop failed: {e}"),
+    }
+}
+
+/// Ends this session's backup after an error, as PostgreSQL does when the
+/// session exits, so that the session can start another.
+pub fn abort() {
+    unsafe { pg_sys::do_pg_abort_backup(0, pg_sys::Datum::from(false)) };
+}
+
+pub fn system_identifier() -> u64 {
+    unsafe { pg_sys::GetSystemIdentifier() }
+}
+
+/// The newest transaction id and the time the backup is consistent with,
+/// for the catalog (what a DBA picks recovery targets from).
+pub fn recovery_point() -> (Option<u64>, Option<i64>) {
+    let row = Spi::get_two::<i64, i64>(
+        "SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) - 1, \
+                (extract(epoch FROM pg_catalog.clock_timestamp()) * 1000000)::bigint",
+    );
+    match row {
+        Ok((xid, time)) => (xid.map(|x| x as u64), time),
+        Err(_) => (None, None),
+    }
+}

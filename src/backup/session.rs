@@ -1,0 +1,57 @@
+//! `backup_start` / `backup_stop` for scripts that copy files themselves,
+//! bound to the session like `pg_backup_start`. `backup_start` names the
+//! newest usable backup in the repository as the parent, so that the
+//! script can ask `changed_blocks(parent_start_lsn, start_lsn)`; the
+//! files such a script copies are its own, so no catalog entry is made.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use blockbackup_core::catalog::{BackupMode, BackupRecord};
+use blockbackup_core::Lsn;
+
+use super::{repository_access, server_backup};
+use crate::{errors, settings, timeline};
+
+pub struct Started {
+    pub backup_id: String,
+    pub start_lsn: Lsn,
+    pub timeline: u32,
+    pub parent: Option<BackupRecord>,
+}
+
+pub struct Stopped {
+    pub backup_id: String,
+    pub stop: server_backup::StopResult,
+}
+
+thread_local! {
+    static SESSION_BACKUP: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+pub fn start(label: &str, fast: bool) -> Started {
+    if SESSION_BACKUP.with(|b| b.borrow().is_some()) {
+        errors::session_backup_running();
+    }
+    let parent = settings::text(&settings::REPOSITORY).and_then(|_| {
+        let repo = repository_access::open_for_writing();
+        let system_identifier = server_backup::system_identifier();
+        repo.list()
+            .unwrap_or_else(|e| errors::repository(e))
+            .into_iter()
+            .rev()
+            .find(|r| r.status.is_usable() && r.mode != BackupMode::Dump && r.system_identifier == system_identifier)
+    });
+    let start_lsn = server_backup::start(label, fast);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let backup_id = format!("session-{}-{now}", unsafe { pgrx::pg_sys::MyProcPid });
+    SESSION_BACKUP.with(|b| *b.borrow_mut() = Some(backup_id.clone()));
+    Started { backup_id, start_lsn, timeline: timeline::current_timeline(), parent }
+}
+
+pub fn stop() -> Stopped {
+    let Some(backup_id) = SESSION_BACKUP.with(|b| b.borrow_mut().take()) else {
+        errors::no_session_backup();
+    };
+    Stopped { backup_id, stop: server_backup::stop(true) }
+}

@@ -1,0 +1,387 @@
+//! `take_backup`: one call that starts a backup on the server, copies the
+//! data directory (whole files, or only the blocks changed since the
+//! parent), stops the backup, adds the WAL from start to stop so that the
+//! backup restores on its own, and records it in the catalog.
+//!
+//! A backup is RUNNING in the catalog from its start, so a crash or a
+//! killed session leaves a trace that the next call marks ERROR; it
+//! becomes DONE only after its contents and manifest are durable. A backup
+//! that is not DONE or OK is never used as a parent.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use blockbackup_core::backup_manifest::{render_manifest, ManifestFile, WalRange};
+use blockbackup_core::backup_plan::{choose_method, walk_data_directory, FileMethod, SourceFile};
+use blockbackup_core::catalog::{
+    BackupContents, BackupMode, BackupRecord, BackupStatus, Compression, StoredFile, StoredKind, TablespaceEntry,
+};
+use blockbackup_core::copy_pipeline::{copy_files, CopyOptions, CopyProgress, CopyStats, CopyTask};
+use blockbackup_core::incremental_file::restored_path;
+use blockbackup_core::repository::Repository;
+use blockbackup_core::{write_file_durably, BlockMap, Lsn, TimelineSpan};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::progress::{Phase, ProgressReporter};
+use super::repository_access;
+use super::server_backup;
+use super::wal_hold::WalHold;
+use crate::summary_store::{self, wait_until_summarized};
+use crate::server_paths::{self, data_directory};
+use crate::{errors, settings, shared_state, timeline};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestedMode {
+    Auto,
+    Full,
+    Incremental,
+}
+
+pub struct TakeRequest {
+    pub mode: RequestedMode,
+    pub label: Option<String>,
+    pub compression: Compression,
+    pub threads: usize,
+}
+
+/// How long a backup waits for the summarizer to reach its start LSN.
+const SUMMARY_WAIT: Duration = Duration::from_secs(300);
+const PG_CONTROL: &str = "global/pg_control";
+
+pub fn take_backup(request: TakeRequest) -> BackupRecord {
+    let repo = repository_access::open_for_writing();
+    let _lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
+    repository_access::mark_interrupted_backups(&repo);
+    let history = timeline::history_of(timeline::current_timeline());
+    let parent = match request.mode {
+        RequestedMode::Full => None,
+        _ => newest_usable_parent(&repo, &history),
+    };
+    if request.mode == RequestedMode::Incremental && parent.is_none() {
+        errors::no_parent_backup();
+    }
+
+    let _wal_hold = WalHold::reserve();
+    let start_time_us = now_us();
+    let label = request.label.clone().unwrap_or_else(|| "pg_blockbackup".to_string());
+    let start_lsn = server_backup::start(&label, true);
+    let mut guard = AbortOnError::new();
+    let timeline = timeline::current_timeline();
+
+    let changes = parent
+        .as_ref()
+        .and_then(|(record, _)| changes_since(record, start_lsn, request.mode == RequestedMode::Incremental));
+    let (mode, parent) = match changes {
+        Some(_) => (BackupMode::Incremental, parent),
+        None => (BackupMode::Full, None),
+    };
+    let backup_id = repo.new_backup_id(start_time_us, mode);
+    let mut record = BackupRecord {
+        backup_id: backup_id.clone(),
+        mode,
+        status: BackupStatus::Running,
+        parent_backup_id: parent.as_ref().map(|(p, _)| p.backup_id.clone()),
+        label: request.label.clone(),
+        timeline,
+        start_lsn,
+        stop_lsn: None,
+        start_time_us,
+        end_time_us: None,
+        recovery_xid: None,
+        recovery_time_us: None,
+        files: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        compression: request.compression,
+        block_size: pg_sys::BLCKSZ,
+        segment_blocks: pg_sys::RELSEG_SIZE,
+        wal_segment_size: unsafe { pg_sys::wal_segment_size } as u32,
+        system_identifier: server_backup::system_identifier(),
+        server_version: pg_sys::PG_VERSION_NUM,
+        tablespaces: Vec::new(),
+        error: None,
+    };
+    repo.write_record(&record).unwrap_or_else(|e| errors::repository(e));
+    guard.record = Some((repo.root().to_path_buf(), record.clone()));
+
+    let progress = shared_state::backup_progress().claim(&backup_id);
+    let copy_options = CopyOptions {
+        dest_dir: repo.data_dir(&backup_id),
+        compression: request.compression,
+        gzip_level: 6,
+        threads: request.threads,
+    };
+
+    progress.phase(Phase::Copying);
+    let parent_paths = parent.as_ref().map(|(_, contents)| contents_paths(contents));
+    let (tasks, control_file) = plan_copy(&repo, changes.as_ref(), parent_paths.as_ref());
+    let mut stored = Vec::new();
+    let mut stats = CopyStats { bytes_read: 0, bytes_written: 0 };
+    run_copy(tasks, &copy_options, &progress, &mut stored, &mut stats);
+    // pg_control last, as pg_basebackup does: the backup_label, not
+    // pg_control, tells recovery where to start.
+    run_copy(control_file, &copy_options, &progress, &mut stored, &mut stats);
+
+    progress.phase(Phase::Stopping);
+    let stop = server_backup::stop(false);
+    guard.backup_stopped = true;
+    record.stop_lsn = Some(stop.stop_lsn);
+    record.tablespaces = parse_tablespace_map(&stop.spcmapfile);
+    let staging = repo.backup_dir(&backup_id).join("staging");
+    let mut label_files = vec![staged_file(&staging, "backup_label", &stop.labelfile)];
+    if !stop.spcmapfile.is_empty() {
+        label_files.push(staged_file(&staging, "tablespace_map", &stop.spcmapfile));
+    }
+    run_copy(label_files, &copy_options, &progress, &mut stored, &mut stats);
+
+    progress.phase(Phase::CopyingWal);
+    let wal = wal_tasks(&history, timeline, start_lsn, stop.stop_lsn);
+    run_copy(wal, &copy_options, &progress, &mut stored, &mut stats);
+    let _ = std::fs::remove_dir_all(&staging);
+
+    progress.phase(Phase::Finishing);
+    stored.sort_by(|a, b| a.path.cmp(&b.path));
+    write_manifest(&copy_options.dest_dir, &stored, timeline, start_lsn, stop.stop_lsn);
+    let (recovery_xid, recovery_time_us) = server_backup::recovery_point();
+    record.recovery_xid = recovery_xid;
+    record.recovery_time_us = recovery_time_us;
+    record.files = stored.len() as u64;
+    record.bytes_read = stats.bytes_read;
+    record.bytes_written = stats.bytes_written;
+    record.end_time_us = Some(now_us());
+    record.status = BackupStatus::Done;
+    repo.write_contents(&backup_id, &BackupContents { files: stored })
+        .unwrap_or_else(|e| errors::repository(e));
+    repo.write_record(&record).unwrap_or_else(|e| errors::repository(e));
+    guard.disarm();
+    record
+}
+
+/// Marks the backup ERROR and ends the server-side backup if anything
+/// raises before the backup is recorded DONE.
+struct AbortOnError {
+    record: Option<(PathBuf, BackupRecord)>,
+    backup_stopped: bool,
+    armed: bool,
+}
+
+impl AbortOnError {
+    fn new() -> Self {
+        AbortOnError { record: None, backup_stopped: false, armed: true }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for AbortOnError {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if !self.backup_stopped {
+            // Only flips the session's backup state under WAL insert locks;
+            // safe while the error unwinds.
+            server_backup::abort();
+        }
+        if let Some((root, mut record)) = self.record.take() {
+            record.status = BackupStatus::Error;
+            record.end_time_us = Some(now_us());
+            record.error = Some("the backup failed or was cancelled; see the server log".into());
+            if let Ok(repo) = Repository::open(&root) {
+                let _ = repo.write_record(&record);
+            }
+        }
+    }
+}
+
+/// The newest backup an incremental can build on: usable, of this
+/// cluster, and started on a timeline of the server's current history.
+fn newest_usable_parent(repo: &Repository, history: &[TimelineSpan]) -> Option<(BackupRecord, BackupContents)> {
+    let system_identifier = server_backup::system_identifier();
+    let records = repo.list().unwrap_or_else(|e| errors::repository(e));
+    records
+        .into_iter()
+        .rev()
+        .filter(|r| r.status.is_usable() && r.mode != BackupMode::Dump && r.system_identifier == system_identifier)
+        .find(|r| on_history(r, history))
+        .and_then(|r| {
+            let contents = repo.read_contents(&r.backup_id).ok()?;
+            Some((r, contents))
+        })
+}
+
+fn on_history(record: &BackupRecord, history: &[TimelineSpan]) -> bool {
+    history.iter().any(|span| {
+        span.timeline == record.timeline
+            && span.begin <= record.start_lsn
+            && span.end.is_none_or(|end| record.start_lsn < end)
+    })
+}
+
+/// The blocks changed since the parent started, or None (a full backup)
+/// when summaries do not cover that range and `required` is false.
+fn changes_since(parent: &BackupRecord, start_lsn: Lsn, required: bool) -> Option<BlockMap> {
+    if !settings::SUMMARIZE_WAL.get() {
+        if required {
+            errors::summarization_disabled();
+        }
+        notice!("pg_blockbackup: WAL summarization is off; taking a full backup");
+        return None;
+    }
+    if let Err(reached) = wait_until_summarized(start_lsn, SUMMARY_WAIT) {
+        if required {
+            errors::wait_timed_out(start_lsn.to_string(), reached.to_string(), SUMMARY_WAIT.as_millis() as i32);
+        }
+        notice!("pg_blockbackup: WAL is summarized only up to {reached}; taking a full backup");
+        return None;
+    }
+    match summary_store::try_changes_between(parent.start_lsn, start_lsn) {
+        Ok(changes) => Some(changes),
+        Err(e) if required => errors::incremental_impossible(&parent.backup_id, &e.to_string()),
+        Err(e) => {
+            notice!("pg_blockbackup: no incremental backup on {}: {e}; taking a full backup", parent.backup_id);
+            None
+        }
+    }
+}
+
+/// Every path the parent backup holds, under its restored name.
+fn contents_paths(contents: &BackupContents) -> HashSet<String> {
+    contents
+        .files
+        .iter()
+        .map(|f| restored_path(&f.path).unwrap_or_else(|| f.path.clone()))
+        .collect()
+}
+
+fn plan_copy(
+    repo: &Repository,
+    changes: Option<&BlockMap>,
+    parent_paths: Option<&HashSet<String>>,
+) -> (Vec<CopyTask>, Vec<CopyTask>) {
+    let data_dir = data_directory();
+    let version_dir = server_paths::tablespace_version_directory();
+    let (_, files) = walk_data_directory(&data_dir, &version_dir, &[repo.root().to_path_buf()])
+        .unwrap_or_else(|e| errors::backup_io(e.to_string()));
+    let (control, others): (Vec<SourceFile>, Vec<SourceFile>) = files.into_iter().partition(|f| f.path == PG_CONTROL);
+    let task = |file: SourceFile| {
+        let has_parent = parent_paths.is_some_and(|paths| paths.contains(&file.path));
+        let method = choose_method(&file, changes, has_parent, pg_sys::BLCKSZ, pg_sys::RELSEG_SIZE);
+        let kind = match method {
+            FileMethod::Whole => StoredKind::Whole,
+            FileMethod::Incremental(_) => StoredKind::Incremental,
+        };
+        CopyTask { source: file.absolute, path: file.path, method, kind, mtime: file.mtime }
+    };
+    (others.into_iter().map(task).collect(), control.into_iter().map(task).collect())
+}
+
+/// Runs the copy threads, reporting progress and watching for a cancel
+/// request from this (the only PostgreSQL) thread.
+fn run_copy(
+    tasks: Vec<CopyTask>,
+    options: &CopyOptions,
+    progress: &ProgressReporter,
+    stored: &mut Vec<StoredFile>,
+    stats: &mut CopyStats,
+) {
+    if tasks.is_empty() {
+        return;
+    }
+    let mut poll = |p: &CopyProgress| {
+        progress.counts(p.files_total, p.files_done, p.bytes_total, p.bytes_done);
+        if interrupt_pending() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    match copy_files(tasks, options, &mut poll) {
+        Ok((files, copied)) => {
+            stored.extend(files);
+            stats.bytes_read += copied.bytes_read;
+            stats.bytes_written += copied.bytes_written;
+        }
+        Err(e) => {
+            pg_sys::check_for_interrupts!();
+            errors::backup_io(e.to_string());
+        }
+    }
+}
+
+pub(crate) fn interrupt_pending() -> bool {
+    unsafe { std::ptr::read_volatile(&raw const pg_sys::InterruptPending) != 0 }
+}
+
+fn staged_file(staging: &Path, name: &str, content: &str) -> CopyTask {
+    write_file_durably(staging, name, content.as_bytes()).unwrap_or_else(|e| errors::backup_io(e.to_string()));
+    CopyTask {
+        source: staging.join(name),
+        path: name.to_string(),
+        method: FileMethod::Whole,
+        kind: StoredKind::Whole,
+        mtime: now_us() / 1_000_000,
+    }
+}
+
+/// The WAL segments from the one holding `start` to the one holding
+/// `stop`, which the backup needs to become consistent.
+fn wal_tasks(history: &[TimelineSpan], timeline: u32, start: Lsn, stop: Lsn) -> Vec<CopyTask> {
+    if let Some(span) = history.iter().find(|s| s.timeline == timeline) {
+        if span.end.is_some_and(|end| end <= stop) {
+            errors::backup_io(format!("the server switched timelines during the backup (timeline {timeline} ended)"));
+        }
+    }
+    let segment_size = unsafe { pg_sys::wal_segment_size } as u64;
+    let segments_per_id = 0x1_0000_0000u64 / segment_size;
+    let wal_dir = data_directory().join("pg_wal");
+    (start.0 / segment_size..=stop.0 / segment_size)
+        .map(|segno| {
+            let name = format!("{timeline:08X}{:08X}{:08X}", segno / segments_per_id, segno % segments_per_id);
+            let source = wal_dir.join(&name);
+            if !source.exists() {
+                errors::backup_io(format!(
+                    "WAL segment {name} needed by the backup is missing from pg_wal"
+                ));
+            }
+            CopyTask { source, path: format!("pg_wal/{name}"), method: FileMethod::Whole, kind: StoredKind::Wal, mtime: 0 }
+        })
+        .collect()
+}
+
+/// PostgreSQL's backup_manifest for the stored image, so that
+/// pg_verifybackup can check an uncompressed backup directly.
+fn write_manifest(image: &Path, stored: &[StoredFile], timeline: u32, start: Lsn, stop: Lsn) {
+    let files: Vec<ManifestFile> = stored
+        .iter()
+        .filter(|f| f.kind != StoredKind::Wal)
+        .map(|f| ManifestFile { path: f.path.clone(), size: f.size, mtime: f.mtime, crc32c: f.crc32c })
+        .collect();
+    let manifest = render_manifest(&files, &[WalRange { timeline, start_lsn: start, end_lsn: stop }]);
+    write_file_durably(image, "backup_manifest", &manifest).unwrap_or_else(|e| errors::backup_io(e.to_string()));
+}
+
+/// `<oid> <location>` lines as pg_backup_stop writes them (a backslash
+/// escapes the next character of the location).
+fn parse_tablespace_map(map: &str) -> Vec<TablespaceEntry> {
+    map.lines()
+        .filter_map(|line| {
+            let (oid, location) = line.split_once(' ')?;
+            let mut unescaped = String::new();
+            let mut chars = location.chars();
+            while let Some(c) = chars.next() {
+                unescaped.push(if c == '\\' { chars.next().unwrap_or('\\') } else { c });
+            }
+            Some(TablespaceEntry { oid: oid.parse().ok()?, location: unescaped })
+        })
+        .collect()
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
