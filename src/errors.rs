@@ -192,13 +192,20 @@ pub fn repository(error: RepositoryError) -> ! {
             "The repository's catalog is damaged; validate_backup() names what is wrong.",
         ),
     };
-    raise(code, format!("backup repository: {error}"), None, Some(hint))
+    raise(
+        code,
+        format!("backup repository: {error}"),
+        None,
+        Some(hint),
+    )
 }
 
 pub fn restore(error: RestoreError) -> ! {
     use RestoreError as E;
     let code = match &error {
-        E::TargetNotEmpty { .. } | E::BadTablespaceMapping { .. } | E::RecoveryTargetBeforeConsistency { .. } => {
+        E::TargetNotEmpty { .. }
+        | E::BadTablespaceMapping { .. }
+        | E::RecoveryTargetBeforeConsistency { .. } => {
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
         }
         E::Io { source, .. } if is_disk_full(source) => PgSqlErrorCode::ERRCODE_DISK_FULL,

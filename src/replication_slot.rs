@@ -9,7 +9,10 @@ pub use pg_sys::ReplicationSlotPersistency::{RS_PERSISTENT, RS_TEMPORARY};
 
 /// Creates the slot (acquired by this process) and reserves WAL from the
 /// current redo point (the replay point on a standby).
-pub fn create_reserving_wal(name: &std::ffi::CStr, persistency: pg_sys::ReplicationSlotPersistency::Type) {
+pub fn create_reserving_wal(
+    name: &std::ffi::CStr,
+    persistency: pg_sys::ReplicationSlotPersistency::Type,
+) {
     unsafe {
         create_slot(name, persistency);
         pg_sys::ReplicationSlotReserveWal();
@@ -41,12 +44,18 @@ pub unsafe fn restart_lsn(slot: *mut pg_sys::ReplicationSlot) -> Lsn {
 }
 
 #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
-unsafe fn create_slot(name: &std::ffi::CStr, persistency: pg_sys::ReplicationSlotPersistency::Type) {
+unsafe fn create_slot(
+    name: &std::ffi::CStr,
+    persistency: pg_sys::ReplicationSlotPersistency::Type,
+) {
     unsafe { pg_sys::ReplicationSlotCreate(name.as_ptr(), false, persistency, false) }
 }
 
 #[cfg(any(feature = "pg17", feature = "pg18"))]
-unsafe fn create_slot(name: &std::ffi::CStr, persistency: pg_sys::ReplicationSlotPersistency::Type) {
+unsafe fn create_slot(
+    name: &std::ffi::CStr,
+    persistency: pg_sys::ReplicationSlotPersistency::Type,
+) {
     unsafe { pg_sys::ReplicationSlotCreate(name.as_ptr(), false, persistency, false, false, false) }
 }
 

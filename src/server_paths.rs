@@ -12,7 +12,11 @@ pub fn data_directory() -> PathBuf {
 
 /// The per-version directory inside each tablespace, e.g. PG_15_202209061.
 pub fn tablespace_version_directory() -> String {
-    format!("PG_{}_{}", pg_sys::PG_MAJORVERSION.to_string_lossy(), pg_sys::CATALOG_VERSION_NO)
+    format!(
+        "PG_{}_{}",
+        pg_sys::PG_MAJORVERSION.to_string_lossy(),
+        pg_sys::CATALOG_VERSION_NO
+    )
 }
 
 /// `path` made absolute and free of symlinks and `..` as far as it exists
@@ -26,7 +30,11 @@ pub fn resolved(path: &Path) -> Option<PathBuf> {
     let mut rest = Vec::new();
     loop {
         if let Ok(canonical) = existing.canonicalize() {
-            return Some(rest.iter().rev().fold(canonical, |acc: PathBuf, part| acc.join(part)));
+            return Some(
+                rest.iter()
+                    .rev()
+                    .fold(canonical, |acc: PathBuf, part| acc.join(part)),
+            );
         }
         rest.push(existing.file_name()?.to_os_string());
         existing = existing.parent()?.to_path_buf();

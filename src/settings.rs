@@ -19,7 +19,8 @@ pub static SUMMARIZER_MAX_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(64
 pub static REPOSITORY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Default compression of take_backup: `none` or `gzip`.
-pub static COMPRESSION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"none"));
+pub static COMPRESSION: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"none"));
 
 /// Default number of copy threads of take_backup and restore_backup.
 pub static PARALLEL: GucSetting<i32> = GucSetting::<i32>::new(1);
@@ -83,5 +84,8 @@ pub fn register() {
 
 /// A string setting as Rust text, None when unset or empty.
 pub fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
-    setting.get().map(|value| value.to_string_lossy().into_owned()).filter(|value| !value.is_empty())
+    setting
+        .get()
+        .map(|value| value.to_string_lossy().into_owned())
+        .filter(|value| !value.is_empty())
 }

@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use blockbackup_core::{
-    list_gaps, list_summaries, plan_range, read_summary, BlockMap, CoverageError, Lsn, SummaryDirError, SummaryEntry,
+    list_gaps, list_summaries, plan_range, read_summary, BlockMap, CoverageError, Lsn,
+    SummaryDirError, SummaryEntry,
 };
 use pgrx::pg_sys;
 
@@ -28,7 +29,9 @@ impl std::fmt::Display for ChangesError {
 }
 
 pub fn summaries_dir() -> PathBuf {
-    server_paths::data_directory().join("pg_blockbackup").join("summaries")
+    server_paths::data_directory()
+        .join("pg_blockbackup")
+        .join("summaries")
 }
 
 pub fn list() -> Vec<SummaryEntry> {

@@ -52,13 +52,20 @@ fn run(args: &[String]) -> Result<(), String> {
                 println!("{USAGE}");
                 return Ok(());
             }
-            flag if flag.starts_with("--") => return Err(format!("unknown option {flag}\n{USAGE}")),
+            flag if flag.starts_with("--") => {
+                return Err(format!("unknown option {flag}\n{USAGE}"))
+            }
             _ => rest.push(arg.clone()),
         }
     }
     let repository = repository.ok_or_else(|| format!("--repository is required\n{USAGE}"))?;
     let repo = Repository::open(&PathBuf::from(repository)).map_err(|e| e.to_string())?;
-    match rest.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match rest
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["list"] => list(&repo),
         ["validate"] => validate(&repo, None),
         ["validate", id] => validate(&repo, Some(id)),
@@ -68,11 +75,16 @@ fn run(args: &[String]) -> Result<(), String> {
 }
 
 fn next_value(iter: &mut std::slice::Iter<'_, String>, flag: &str) -> Result<String, String> {
-    iter.next().cloned().ok_or_else(|| format!("{flag} needs a value"))
+    iter.next()
+        .cloned()
+        .ok_or_else(|| format!("{flag} needs a value"))
 }
 
 fn list(repo: &Repository) -> Result<(), String> {
-    println!("{:<22} {:<11} {:<8} {:<22} {:>4} {:>14} {:>14} {:>14}", "backup_id", "mode", "status", "parent", "tli", "start_lsn", "stop_lsn", "bytes_written");
+    println!(
+        "{:<22} {:<11} {:<8} {:<22} {:>4} {:>14} {:>14} {:>14}",
+        "backup_id", "mode", "status", "parent", "tli", "start_lsn", "stop_lsn", "bytes_written"
+    );
     for r in repo.list().map_err(|e| e.to_string())? {
         println!(
             "{:<22} {:<11} {:<8} {:<22} {:>4} {:>14} {:>14} {:>14}",
@@ -99,11 +111,20 @@ fn validate(repo: &Repository, id: Option<&str>) -> Result<(), String> {
         None => repo.list().map_err(|e| e.to_string())?,
     };
     let mut corrupt = 0;
-    for mut record in records.into_iter().filter(|r| r.status != BackupStatus::Running) {
-        let contents = repo.read_contents(&record.backup_id).map_err(|e| e.to_string())?;
+    for mut record in records
+        .into_iter()
+        .filter(|r| r.status != BackupStatus::Running)
+    {
+        let contents = repo
+            .read_contents(&record.backup_id)
+            .map_err(|e| e.to_string())?;
         let report = repo.validate_backup_files(&record.backup_id, &contents, record.compression);
         if record.status.is_usable() || record.status == BackupStatus::Corrupt {
-            record.status = if report.errors.is_empty() { BackupStatus::Ok } else { BackupStatus::Corrupt };
+            record.status = if report.errors.is_empty() {
+                BackupStatus::Ok
+            } else {
+                BackupStatus::Corrupt
+            };
             record.error = report.errors.first().cloned();
             repo.write_record(&record).map_err(|e| e.to_string())?;
         }
@@ -122,7 +143,12 @@ fn validate(repo: &Repository, id: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-fn restore_backup(repo: &Repository, id: &str, target: &str, options: &[(String, String)]) -> Result<(), String> {
+fn restore_backup(
+    repo: &Repository,
+    id: &str,
+    target: &str,
+    options: &[(String, String)],
+) -> Result<(), String> {
     validate_backup_id(id).map_err(|e| e.to_string())?;
     let mut restore_options = RestoreOptions {
         target: PathBuf::from(target),
@@ -136,16 +162,26 @@ fn restore_backup(repo: &Repository, id: &str, target: &str, options: &[(String,
     for (flag, value) in options {
         match flag.as_str() {
             "--tablespace-mapping" => {
-                let (old, new) = value.split_once('=').ok_or("--tablespace-mapping takes OLD=NEW")?;
-                restore_options.tablespace_mapping.push((old.to_string(), PathBuf::from(new)));
+                let (old, new) = value
+                    .split_once('=')
+                    .ok_or("--tablespace-mapping takes OLD=NEW")?;
+                restore_options
+                    .tablespace_mapping
+                    .push((old.to_string(), PathBuf::from(new)));
             }
             "--recovery-target-lsn" => {
-                restore_options.recovery_target_lsn =
-                    Some(value.parse::<Lsn>().map_err(|e| format!("--recovery-target-lsn: {e}"))?)
+                restore_options.recovery_target_lsn = Some(
+                    value
+                        .parse::<Lsn>()
+                        .map_err(|e| format!("--recovery-target-lsn: {e}"))?,
+                )
             }
             _ => {
-                restore_options.threads =
-                    value.parse().ok().filter(|n| (1..=64).contains(n)).ok_or("--parallel takes 1 to 64")?
+                restore_options.threads = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or("--parallel takes 1 to 64")?
             }
         }
     }
@@ -157,9 +193,17 @@ fn restore_backup(repo: &Repository, id: &str, target: &str, options: &[(String,
     let chain: Vec<ChainMember> = records
         .iter()
         .zip(&contents)
-        .map(|(record, contents)| ChainMember { record, data_dir: repo.data_dir(&record.backup_id), contents })
+        .map(|(record, contents)| ChainMember {
+            record,
+            data_dir: repo.data_dir(&record.backup_id),
+            contents,
+        })
         .collect();
-    let stats = restore(&chain, &restore_options, &mut |_| ControlFlow::Continue(())).map_err(|e| e.to_string())?;
-    println!("restored {id} into {target}: {} files, {} bytes", stats.files, stats.bytes);
+    let stats = restore(&chain, &restore_options, &mut |_| ControlFlow::Continue(()))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "restored {id} into {target}: {} files, {} bytes",
+        stats.files, stats.bytes
+    );
     Ok(())
 }

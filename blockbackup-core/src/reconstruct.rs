@@ -1195,7 +1195,9 @@ fn restore_into(
     manifest.push(write_new_file(target, RECOVERY_SIGNAL, b"", now)?);
     settings.push_str("restore_command = '/bin/false'\n");
     if let Some(lsn) = options.recovery_target_lsn {
-        settings.push_str(&format!("recovery_target_lsn = '{lsn}'\nrecovery_target_inclusive = on\n"));
+        settings.push_str(&format!(
+            "recovery_target_lsn = '{lsn}'\nrecovery_target_inclusive = on\n"
+        ));
     }
     settings.push_str("recovery_target_action = 'promote'\n");
     if !settings.is_empty() {

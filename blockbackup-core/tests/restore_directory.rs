@@ -176,7 +176,11 @@ fn restores_the_newest_backup_with_tablespace_in_place() {
             conf.lines().any(|l| l == "allow_in_place_tablespaces = on"),
             "{conf}"
         );
-        assert!(conf.lines().any(|l| l == "recovery_target_action = 'promote'"), "{conf}");
+        assert!(
+            conf.lines()
+                .any(|l| l == "recovery_target_action = 'promote'"),
+            "{conf}"
+        );
         assert!(!conf.contains("recovery_target_lsn"), "{conf}");
         for required in [
             "pg_wal/archive_status",

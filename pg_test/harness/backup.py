@@ -284,8 +284,11 @@ def start_restored(cluster, timeout=300):
     prepare_restored(cluster)
     cluster.start(timeout=timeout)
     cluster.wait_ready()
-    assert cluster.sql_value("SELECT pg_is_in_recovery()") == "f", \
-        "restored cluster is still in recovery"
+    # A restore ends in archive recovery: read-only connections come first,
+    # then the promotion to a new timeline.
+    wait_until(lambda: cluster.sql_value("SELECT pg_is_in_recovery()") == "f", timeout,
+               what="the restored cluster to finish recovery and promote")
+    assert cluster.timeline() > 1, "a restored cluster must run on a timeline of its own"
     return cluster
 
 

@@ -90,13 +90,23 @@ fn take_backup(
     };
     let compression = match compress {
         Some(text) => parse_compression(&text),
-        None => parse_compression(&settings::text(&settings::COMPRESSION).unwrap_or_else(|| "none".into())),
+        None => parse_compression(
+            &settings::text(&settings::COMPRESSION).unwrap_or_else(|| "none".into()),
+        ),
     };
     let threads = parallel.unwrap_or_else(|| settings::PARALLEL.get());
     if !(1..=64).contains(&threads) {
-        errors::invalid_argument(format!("parallel must be between 1 and 64, got {threads}"), "Pass 1 to 64.");
+        errors::invalid_argument(
+            format!("parallel must be between 1 and 64, got {threads}"),
+            "Pass 1 to 64.",
+        );
     }
-    let record = take(TakeRequest { mode, label, compression, threads: threads as usize });
+    let record = take(TakeRequest {
+        mode,
+        label,
+        compression,
+        threads: threads as usize,
+    });
     TableIterator::once((
         record.backup_id,
         mode_name(record.mode).to_string(),
@@ -130,6 +140,10 @@ fn backups() -> TableIterator<
     ),
 > {
     let repo = repository_access::open_for_writing();
+    // With the lock free no backup runs: a RUNNING one was cut off.
+    if let Ok(_lock) = repo.lock() {
+        repository_access::mark_interrupted_backups(&repo);
+    }
     let records = repo.list().unwrap_or_else(|e| errors::repository(e));
     TableIterator::new(records.into_iter().map(|r: BackupRecord| {
         (
@@ -196,7 +210,9 @@ fn validate_backup(
     let repo = repository_access::open_for_writing();
     let _lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
     let records: Vec<BackupRecord> = match &backup_id {
-        Some(id) => vec![repo.read_record(id).unwrap_or_else(|e| errors::repository(e))],
+        Some(id) => vec![repo
+            .read_record(id)
+            .unwrap_or_else(|e| errors::repository(e))],
         None => repo.list().unwrap_or_else(|e| errors::repository(e)),
     };
     let mut rows = Vec::new();
@@ -205,7 +221,9 @@ fn validate_backup(
             continue;
         }
         let report = match repo.read_contents(&record.backup_id) {
-            Ok(contents) => repo.validate_backup_files(&record.backup_id, &contents, record.compression),
+            Ok(contents) => {
+                repo.validate_backup_files(&record.backup_id, &contents, record.compression)
+            }
             Err(e) => blockbackup_core::repository::ValidationReport {
                 files_checked: 0,
                 bytes_checked: 0,
@@ -213,9 +231,14 @@ fn validate_backup(
             },
         };
         if record.status.is_usable() || record.status == BackupStatus::Corrupt {
-            record.status = if report.errors.is_empty() { BackupStatus::Ok } else { BackupStatus::Corrupt };
+            record.status = if report.errors.is_empty() {
+                BackupStatus::Ok
+            } else {
+                BackupStatus::Corrupt
+            };
             record.error = report.errors.first().cloned();
-            repo.write_record(&record).unwrap_or_else(|e| errors::repository(e));
+            repo.write_record(&record)
+                .unwrap_or_else(|e| errors::repository(e));
         }
         rows.push((
             record.backup_id,
@@ -235,7 +258,10 @@ fn expire_backups(
 ) -> TableIterator<'static, (name!(backup_id, String), name!(action, String))> {
     for (name, value) in [("keep_full", keep_full), ("keep_days", keep_days)] {
         if value.is_some_and(|v| v < 0) {
-            errors::invalid_argument(format!("{name} must not be negative"), "Pass a count of 0 or more, or NULL.");
+            errors::invalid_argument(
+                format!("{name} must not be negative"),
+                "Pass a count of 0 or more, or NULL.",
+            );
         }
     }
     let repo = repository_access::open_for_writing();
@@ -244,10 +270,16 @@ fn expire_backups(
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
-    let plan = expire_plan(&records, keep_full.map(|v| v as u32), keep_days.map(|v| v as u32), now_us);
+    let plan = expire_plan(
+        &records,
+        keep_full.map(|v| v as u32),
+        keep_days.map(|v| v as u32),
+        now_us,
+    );
     let mut rows = Vec::new();
     for (id, action) in plan {
-        repo.remove_backup(&id).unwrap_or_else(|e| errors::repository(e));
+        repo.remove_backup(&id)
+            .unwrap_or_else(|e| errors::repository(e));
         let action = match action {
             ExpireAction::Deleted => "deleted",
             ExpireAction::DeletedFailed => "deleted (failed backup)",
@@ -263,9 +295,11 @@ fn delete_backup(backup_id: String, cascade: default!(bool, false)) -> i32 {
     let repo = repository_access::open_for_writing();
     let _lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
     let records = repo.list().unwrap_or_else(|e| errors::repository(e));
-    let doomed = delete_plan(&records, &backup_id, cascade).unwrap_or_else(|e| errors::repository(e));
+    let doomed =
+        delete_plan(&records, &backup_id, cascade).unwrap_or_else(|e| errors::repository(e));
     for id in &doomed {
-        repo.remove_backup(id).unwrap_or_else(|e| errors::repository(e));
+        repo.remove_backup(id)
+            .unwrap_or_else(|e| errors::repository(e));
     }
     doomed.len() as i32
 }
@@ -276,7 +310,14 @@ fn restore_backup(
     target_dir: String,
     recovery_target_lsn: default!(Option<PgLsn>, "NULL"),
     tablespace_mapping: default!(Option<JsonB>, "NULL"),
-) -> TableIterator<'static, (name!(files, i64), name!(bytes, i64), name!(duration_ms, i64))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(files, i64),
+        name!(bytes, i64),
+        name!(duration_ms, i64),
+    ),
+> {
     let began = Instant::now();
     let stats = restore(RestoreRequest {
         backup_id,
@@ -284,7 +325,11 @@ fn restore_backup(
         recovery_target_lsn: recovery_target_lsn.map(|lsn| lsn.0),
         tablespace_mapping: tablespace_mapping.map(|json| json.0),
     });
-    TableIterator::once((stats.files as i64, stats.bytes as i64, began.elapsed().as_millis() as i64))
+    TableIterator::once((
+        stats.files as i64,
+        stats.bytes as i64,
+        began.elapsed().as_millis() as i64,
+    ))
 }
 
 #[pg_extern(volatile)]
@@ -314,7 +359,12 @@ fn backup_start(
 #[pg_extern(volatile)]
 fn backup_stop() -> TableIterator<
     'static,
-    (name!(backup_id, String), name!(stop_lsn, PgLsn), name!(labelfile, String), name!(spcmapfile, String)),
+    (
+        name!(backup_id, String),
+        name!(stop_lsn, PgLsn),
+        name!(labelfile, String),
+        name!(spcmapfile, String),
+    ),
 > {
     let stopped = session::stop();
     TableIterator::once((

@@ -158,7 +158,9 @@ fn wait_for_summary(lsn: PgLsn, timeout_ms: default!(i32, 60000)) -> PgLsn {
     flush_or_refuse_future_lsn(lsn.0);
     match summary_store::wait_until_summarized(lsn.0, Duration::from_millis(timeout_ms as u64)) {
         Ok(summarized) => PgLsn(summarized),
-        Err(summarized) => errors::wait_timed_out(lsn.0.to_string(), summarized.to_string(), timeout_ms),
+        Err(summarized) => {
+            errors::wait_timed_out(lsn.0.to_string(), summarized.to_string(), timeout_ms)
+        }
     }
 }
 

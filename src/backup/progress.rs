@@ -74,13 +74,24 @@ impl BackupProgressTable {
         let slot = self.slots.iter().find(|slot| {
             let holder = slot.pid.load(Ordering::Acquire);
             (holder == 0 || !backend_alive(holder))
-                && slot.pid.compare_exchange(holder, me, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                && slot
+                    .pid
+                    .compare_exchange(holder, me, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
         });
         if let Some(slot) = slot {
             for (i, byte) in slot.backup_id.iter().enumerate() {
-                byte.store(*backup_id.as_bytes().get(i).unwrap_or(&0), Ordering::Relaxed);
+                byte.store(
+                    *backup_id.as_bytes().get(i).unwrap_or(&0),
+                    Ordering::Relaxed,
+                );
             }
-            for counter in [&slot.files_total, &slot.files_done, &slot.bytes_total, &slot.bytes_done] {
+            for counter in [
+                &slot.files_total,
+                &slot.files_done,
+                &slot.bytes_total,
+                &slot.bytes_done,
+            ] {
                 counter.store(0, Ordering::Relaxed);
             }
             slot.phase.store(Phase::Starting as u32, Ordering::Release);

@@ -19,7 +19,10 @@ pub fn repository_root() -> PathBuf {
     let root = PathBuf::from(root);
     let Some(resolved_root) = resolved(&root) else {
         errors::invalid_argument(
-            format!("blockbackup.repository must be an absolute path without \"..\", got \"{}\"", root.display()),
+            format!(
+                "blockbackup.repository must be an absolute path without \"..\", got \"{}\"",
+                root.display()
+            ),
             "Set it to a directory outside the data directory, e.g. /var/lib/pg_blockbackup.",
         );
     };
@@ -47,9 +50,14 @@ pub fn open_for_writing() -> Repository {
 /// cut off (session killed, server crashed): they are ERROR.
 pub fn mark_interrupted_backups(repo: &Repository) {
     let records = repo.list().unwrap_or_else(|e| errors::repository(e));
-    for mut record in records.into_iter().filter(|r| r.status == BackupStatus::Running) {
+    for mut record in records
+        .into_iter()
+        .filter(|r| r.status == BackupStatus::Running)
+    {
         record.status = BackupStatus::Error;
-        record.error = Some("interrupted: the session or the server ended while the backup ran".into());
-        repo.write_record(&record).unwrap_or_else(|e| errors::repository(e));
+        record.error =
+            Some("interrupted: the session or the server ended while the backup ran".into());
+        repo.write_record(&record)
+            .unwrap_or_else(|e| errors::repository(e));
     }
 }

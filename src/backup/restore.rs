@@ -7,7 +7,9 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use blockbackup_core::reconstruct::{restore, ChainMember, RestoreOptions, RestoreProgress, RestoreStats};
+use blockbackup_core::reconstruct::{
+    restore, ChainMember, RestoreOptions, RestoreProgress, RestoreStats,
+};
 use blockbackup_core::repository::{validate_backup_id, Repository};
 use blockbackup_core::Lsn;
 
@@ -43,7 +45,8 @@ pub fn restore_backup(request: RestoreRequest) -> RestoreStats {
                     "Pass the new directory as a JSON string.",
                 );
             };
-            let dir = checked_destination("a tablespace_mapping directory", Path::new(dir), &forbidden);
+            let dir =
+                checked_destination("a tablespace_mapping directory", Path::new(dir), &forbidden);
             if overlapping(&dir, &target) {
                 errors::invalid_argument(
                     format!("tablespace directory \"{}\" overlaps target_dir", dir.display()),
@@ -54,15 +57,24 @@ pub fn restore_backup(request: RestoreRequest) -> RestoreStats {
         }
     }
 
-    let records = repo.chain(&request.backup_id).unwrap_or_else(|e| errors::repository(e));
+    let records = repo
+        .chain(&request.backup_id)
+        .unwrap_or_else(|e| errors::repository(e));
     let contents: Vec<_> = records
         .iter()
-        .map(|r| repo.read_contents(&r.backup_id).unwrap_or_else(|e| errors::repository(e)))
+        .map(|r| {
+            repo.read_contents(&r.backup_id)
+                .unwrap_or_else(|e| errors::repository(e))
+        })
         .collect();
     let chain: Vec<ChainMember> = records
         .iter()
         .zip(&contents)
-        .map(|(record, contents)| ChainMember { record, data_dir: repo.data_dir(&record.backup_id), contents })
+        .map(|(record, contents)| ChainMember {
+            record,
+            data_dir: repo.data_dir(&record.backup_id),
+            contents,
+        })
         .collect();
     let options = RestoreOptions {
         target,
@@ -87,9 +99,16 @@ pub fn restore_backup(request: RestoreRequest) -> RestoreStats {
 /// repository: a restore must not write into any of them.
 fn forbidden_places(repo: &Repository) -> Vec<PathBuf> {
     let data_dir = data_directory();
-    let mut places = vec![resolved(&data_dir).unwrap_or(data_dir.clone()), repo.root().to_path_buf()];
+    let mut places = vec![
+        resolved(&data_dir).unwrap_or(data_dir.clone()),
+        repo.root().to_path_buf(),
+    ];
     if let Ok(entries) = std::fs::read_dir(data_dir.join("pg_tblspc")) {
-        places.extend(entries.flatten().filter_map(|e| e.path().canonicalize().ok()));
+        places.extend(
+            entries
+                .flatten()
+                .filter_map(|e| e.path().canonicalize().ok()),
+        );
     }
     places
 }
@@ -97,7 +116,10 @@ fn forbidden_places(repo: &Repository) -> Vec<PathBuf> {
 fn checked_destination(what: &str, path: &Path, forbidden: &[PathBuf]) -> PathBuf {
     let Some(dir) = resolved(path) else {
         errors::invalid_argument(
-            format!("{what} must be an absolute path without \"..\", got \"{}\"", path.display()),
+            format!(
+                "{what} must be an absolute path without \"..\", got \"{}\"",
+                path.display()
+            ),
             "Pass an absolute directory outside the data directory and the repository.",
         );
     };

@@ -40,18 +40,32 @@ pub fn start(label: &str, fast: bool) -> Started {
             .unwrap_or_else(|e| errors::repository(e))
             .into_iter()
             .rev()
-            .find(|r| r.status.is_usable() && r.mode != BackupMode::Dump && r.system_identifier == system_identifier)
+            .find(|r| {
+                r.status.is_usable()
+                    && r.mode != BackupMode::Dump
+                    && r.system_identifier == system_identifier
+            })
     });
     let start_lsn = server_backup::start(label, fast);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let backup_id = format!("session-{}-{now}", unsafe { pgrx::pg_sys::MyProcPid });
     SESSION_BACKUP.with(|b| *b.borrow_mut() = Some(backup_id.clone()));
-    Started { backup_id, start_lsn, timeline: timeline::current_timeline(), parent }
+    Started {
+        backup_id,
+        start_lsn,
+        timeline: timeline::current_timeline(),
+        parent,
+    }
 }
 
 pub fn stop() -> Stopped {
     let Some(backup_id) = SESSION_BACKUP.with(|b| b.borrow_mut().take()) else {
         errors::no_session_backup();
     };
-    Stopped { backup_id, stop: server_backup::stop(true) }
+    Stopped {
+        backup_id,
+        stop: server_backup::stop(true),
+    }
 }

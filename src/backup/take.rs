@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use blockbackup_core::backup_manifest::{render_manifest, ManifestFile, WalRange};
 use blockbackup_core::backup_plan::{choose_method, walk_data_directory, FileMethod, SourceFile};
 use blockbackup_core::catalog::{
-    BackupContents, BackupMode, BackupRecord, BackupStatus, Compression, StoredFile, StoredKind, TablespaceEntry,
+    BackupContents, BackupMode, BackupRecord, BackupStatus, Compression, StoredFile, StoredKind,
+    TablespaceEntry,
 };
 use blockbackup_core::copy_pipeline::{copy_files, CopyOptions, CopyProgress, CopyStats, CopyTask};
 use blockbackup_core::incremental_file::restored_path;
@@ -29,8 +30,8 @@ use super::progress::{Phase, ProgressReporter};
 use super::repository_access;
 use super::server_backup;
 use super::wal_hold::WalHold;
-use crate::summary_store::{self, wait_until_summarized};
 use crate::server_paths::{self, data_directory};
+use crate::summary_store::{self, wait_until_summarized};
 use crate::{errors, settings, shared_state, timeline};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,14 +67,21 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
 
     let _wal_hold = WalHold::reserve();
     let start_time_us = now_us();
-    let label = request.label.clone().unwrap_or_else(|| "pg_blockbackup".to_string());
+    let label = request
+        .label
+        .clone()
+        .unwrap_or_else(|| "pg_blockbackup".to_string());
     let start_lsn = server_backup::start(&label, true);
     let mut guard = AbortOnError::new();
     let timeline = timeline::current_timeline();
 
-    let changes = parent
-        .as_ref()
-        .and_then(|(record, _)| changes_since(record, start_lsn, request.mode == RequestedMode::Incremental));
+    let changes = parent.as_ref().and_then(|(record, _)| {
+        changes_since(
+            record,
+            start_lsn,
+            request.mode == RequestedMode::Incremental,
+        )
+    });
     let (mode, parent) = match changes {
         Some(_) => (BackupMode::Incremental, parent),
         None => (BackupMode::Full, None),
@@ -104,7 +112,8 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         tablespaces: Vec::new(),
         error: None,
     };
-    repo.write_record(&record).unwrap_or_else(|e| errors::repository(e));
+    repo.write_record(&record)
+        .unwrap_or_else(|e| errors::repository(e));
     guard.record = Some((repo.root().to_path_buf(), record.clone()));
 
     let progress = shared_state::backup_progress().claim(&backup_id);
@@ -116,14 +125,25 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     };
 
     progress.phase(Phase::Copying);
-    let parent_paths = parent.as_ref().map(|(_, contents)| contents_paths(contents));
+    let parent_paths = parent
+        .as_ref()
+        .map(|(_, contents)| contents_paths(contents));
     let (tasks, control_file) = plan_copy(&repo, changes.as_ref(), parent_paths.as_ref());
     let mut stored = Vec::new();
-    let mut stats = CopyStats { bytes_read: 0, bytes_written: 0 };
+    let mut stats = CopyStats {
+        bytes_read: 0,
+        bytes_written: 0,
+    };
     run_copy(tasks, &copy_options, &progress, &mut stored, &mut stats);
     // pg_control last, as pg_basebackup does: the backup_label, not
     // pg_control, tells recovery where to start.
-    run_copy(control_file, &copy_options, &progress, &mut stored, &mut stats);
+    run_copy(
+        control_file,
+        &copy_options,
+        &progress,
+        &mut stored,
+        &mut stats,
+    );
 
     progress.phase(Phase::Stopping);
     let stop = server_backup::stop(false);
@@ -135,7 +155,13 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     if !stop.spcmapfile.is_empty() {
         label_files.push(staged_file(&staging, "tablespace_map", &stop.spcmapfile));
     }
-    run_copy(label_files, &copy_options, &progress, &mut stored, &mut stats);
+    run_copy(
+        label_files,
+        &copy_options,
+        &progress,
+        &mut stored,
+        &mut stats,
+    );
 
     progress.phase(Phase::CopyingWal);
     let wal = wal_tasks(&history, timeline, start_lsn, stop.stop_lsn);
@@ -144,7 +170,13 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
 
     progress.phase(Phase::Finishing);
     stored.sort_by(|a, b| a.path.cmp(&b.path));
-    write_manifest(&copy_options.dest_dir, &stored, timeline, start_lsn, stop.stop_lsn);
+    write_manifest(
+        &copy_options.dest_dir,
+        &stored,
+        timeline,
+        start_lsn,
+        stop.stop_lsn,
+    );
     let (recovery_xid, recovery_time_us) = server_backup::recovery_point();
     record.recovery_xid = recovery_xid;
     record.recovery_time_us = recovery_time_us;
@@ -155,7 +187,8 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     record.status = BackupStatus::Done;
     repo.write_contents(&backup_id, &BackupContents { files: stored })
         .unwrap_or_else(|e| errors::repository(e));
-    repo.write_record(&record).unwrap_or_else(|e| errors::repository(e));
+    repo.write_record(&record)
+        .unwrap_or_else(|e| errors::repository(e));
     guard.disarm();
     record
 }
@@ -170,7 +203,11 @@ struct AbortOnError {
 
 impl AbortOnError {
     fn new() -> Self {
-        AbortOnError { record: None, backup_stopped: false, armed: true }
+        AbortOnError {
+            record: None,
+            backup_stopped: false,
+            armed: true,
+        }
     }
 
     fn disarm(&mut self) {
@@ -201,13 +238,20 @@ impl Drop for AbortOnError {
 
 /// The newest backup an incremental can build on: usable, of this
 /// cluster, and started on a timeline of the server's current history.
-fn newest_usable_parent(repo: &Repository, history: &[TimelineSpan]) -> Option<(BackupRecord, BackupContents)> {
+fn newest_usable_parent(
+    repo: &Repository,
+    history: &[TimelineSpan],
+) -> Option<(BackupRecord, BackupContents)> {
     let system_identifier = server_backup::system_identifier();
     let records = repo.list().unwrap_or_else(|e| errors::repository(e));
     records
         .into_iter()
         .rev()
-        .filter(|r| r.status.is_usable() && r.mode != BackupMode::Dump && r.system_identifier == system_identifier)
+        .filter(|r| {
+            r.status.is_usable()
+                && r.mode != BackupMode::Dump
+                && r.system_identifier == system_identifier
+        })
         .find(|r| on_history(r, history))
         .and_then(|r| {
             let contents = repo.read_contents(&r.backup_id).ok()?;
@@ -235,7 +279,11 @@ fn changes_since(parent: &BackupRecord, start_lsn: Lsn, required: bool) -> Optio
     }
     if let Err(reached) = wait_until_summarized(start_lsn, SUMMARY_WAIT) {
         if required {
-            errors::wait_timed_out(start_lsn.to_string(), reached.to_string(), SUMMARY_WAIT.as_millis() as i32);
+            errors::wait_timed_out(
+                start_lsn.to_string(),
+                reached.to_string(),
+                SUMMARY_WAIT.as_millis() as i32,
+            );
         }
         notice!("pg_blockbackup: WAL is summarized only up to {reached}; taking a full backup");
         return None;
@@ -244,7 +292,10 @@ fn changes_since(parent: &BackupRecord, start_lsn: Lsn, required: bool) -> Optio
         Ok(changes) => Some(changes),
         Err(e) if required => errors::incremental_impossible(&parent.backup_id, &e.to_string()),
         Err(e) => {
-            notice!("pg_blockbackup: no incremental backup on {}: {e}; taking a full backup", parent.backup_id);
+            notice!(
+                "pg_blockbackup: no incremental backup on {}: {e}; taking a full backup",
+                parent.backup_id
+            );
             None
         }
     }
@@ -268,17 +319,33 @@ fn plan_copy(
     let version_dir = server_paths::tablespace_version_directory();
     let (_, files) = walk_data_directory(&data_dir, &version_dir, &[repo.root().to_path_buf()])
         .unwrap_or_else(|e| errors::backup_io(e.to_string()));
-    let (control, others): (Vec<SourceFile>, Vec<SourceFile>) = files.into_iter().partition(|f| f.path == PG_CONTROL);
+    let (control, others): (Vec<SourceFile>, Vec<SourceFile>) =
+        files.into_iter().partition(|f| f.path == PG_CONTROL);
     let task = |file: SourceFile| {
         let has_parent = parent_paths.is_some_and(|paths| paths.contains(&file.path));
-        let method = choose_method(&file, changes, has_parent, pg_sys::BLCKSZ, pg_sys::RELSEG_SIZE);
+        let method = choose_method(
+            &file,
+            changes,
+            has_parent,
+            pg_sys::BLCKSZ,
+            pg_sys::RELSEG_SIZE,
+        );
         let kind = match method {
             FileMethod::Whole => StoredKind::Whole,
             FileMethod::Incremental(_) => StoredKind::Incremental,
         };
-        CopyTask { source: file.absolute, path: file.path, method, kind, mtime: file.mtime }
+        CopyTask {
+            source: file.absolute,
+            path: file.path,
+            method,
+            kind,
+            mtime: file.mtime,
+        }
     };
-    (others.into_iter().map(task).collect(), control.into_iter().map(task).collect())
+    (
+        others.into_iter().map(task).collect(),
+        control.into_iter().map(task).collect(),
+    )
 }
 
 /// Runs the copy threads, reporting progress and watching for a cancel
@@ -319,7 +386,8 @@ pub(crate) fn interrupt_pending() -> bool {
 }
 
 fn staged_file(staging: &Path, name: &str, content: &str) -> CopyTask {
-    write_file_durably(staging, name, content.as_bytes()).unwrap_or_else(|e| errors::backup_io(e.to_string()));
+    write_file_durably(staging, name, content.as_bytes())
+        .unwrap_or_else(|e| errors::backup_io(e.to_string()));
     CopyTask {
         source: staging.join(name),
         path: name.to_string(),
@@ -334,7 +402,9 @@ fn staged_file(staging: &Path, name: &str, content: &str) -> CopyTask {
 fn wal_tasks(history: &[TimelineSpan], timeline: u32, start: Lsn, stop: Lsn) -> Vec<CopyTask> {
     if let Some(span) = history.iter().find(|s| s.timeline == timeline) {
         if span.end.is_some_and(|end| end <= stop) {
-            errors::backup_io(format!("the server switched timelines during the backup (timeline {timeline} ended)"));
+            errors::backup_io(format!(
+                "the server switched timelines during the backup (timeline {timeline} ended)"
+            ));
         }
     }
     let segment_size = unsafe { pg_sys::wal_segment_size } as u64;
@@ -342,14 +412,24 @@ fn wal_tasks(history: &[TimelineSpan], timeline: u32, start: Lsn, stop: Lsn) -> 
     let wal_dir = data_directory().join("pg_wal");
     (start.0 / segment_size..=stop.0 / segment_size)
         .map(|segno| {
-            let name = format!("{timeline:08X}{:08X}{:08X}", segno / segments_per_id, segno % segments_per_id);
+            let name = format!(
+                "{timeline:08X}{:08X}{:08X}",
+                segno / segments_per_id,
+                segno % segments_per_id
+            );
             let source = wal_dir.join(&name);
             if !source.exists() {
                 errors::backup_io(format!(
                     "WAL segment {name} needed by the backup is missing from pg_wal"
                 ));
             }
-            CopyTask { source, path: format!("pg_wal/{name}"), method: FileMethod::Whole, kind: StoredKind::Wal, mtime: 0 }
+            CopyTask {
+                source,
+                path: format!("pg_wal/{name}"),
+                method: FileMethod::Whole,
+                kind: StoredKind::Wal,
+                mtime: 0,
+            }
         })
         .collect()
 }
@@ -360,10 +440,23 @@ fn write_manifest(image: &Path, stored: &[StoredFile], timeline: u32, start: Lsn
     let files: Vec<ManifestFile> = stored
         .iter()
         .filter(|f| f.kind != StoredKind::Wal)
-        .map(|f| ManifestFile { path: f.path.clone(), size: f.size, mtime: f.mtime, crc32c: f.crc32c })
+        .map(|f| ManifestFile {
+            path: f.path.clone(),
+            size: f.size,
+            mtime: f.mtime,
+            crc32c: f.crc32c,
+        })
         .collect();
-    let manifest = render_manifest(&files, &[WalRange { timeline, start_lsn: start, end_lsn: stop }]);
-    write_file_durably(image, "backup_manifest", &manifest).unwrap_or_else(|e| errors::backup_io(e.to_string()));
+    let manifest = render_manifest(
+        &files,
+        &[WalRange {
+            timeline,
+            start_lsn: start,
+            end_lsn: stop,
+        }],
+    );
+    write_file_durably(image, "backup_manifest", &manifest)
+        .unwrap_or_else(|e| errors::backup_io(e.to_string()));
 }
 
 /// `<oid> <location>` lines as pg_backup_stop writes them (a backslash
@@ -375,13 +468,22 @@ fn parse_tablespace_map(map: &str) -> Vec<TablespaceEntry> {
             let mut unescaped = String::new();
             let mut chars = location.chars();
             while let Some(c) = chars.next() {
-                unescaped.push(if c == '\\' { chars.next().unwrap_or('\\') } else { c });
+                unescaped.push(if c == '\\' {
+                    chars.next().unwrap_or('\\')
+                } else {
+                    c
+                });
             }
-            Some(TablespaceEntry { oid: oid.parse().ok()?, location: unescaped })
+            Some(TablespaceEntry {
+                oid: oid.parse().ok()?,
+                location: unescaped,
+            })
         })
         .collect()
 }
 
 fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }

@@ -64,4 +64,3 @@ pub fn current_restart_lsn() -> Option<Lsn> {
         (lsn.0 != 0).then_some(lsn)
     }
 }
-
