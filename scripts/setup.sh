@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PG_MAJOR=15
 PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
 PGRX_VERSION=0.18.0
-packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev clang sudo build-essential pkg-config)
+packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev clang sudo build-essential pkg-config pgbackrest)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -34,4 +34,6 @@ fi
 
 echo "setup: building and installing pg_blockbackup into PostgreSQL $PG_MAJOR"
 cargo pgrx install --release --pg-config "$PG_CONFIG" --features pg$PG_MAJOR --no-default-features >/dev/null
+echo "setup: building the offline command target/release/pg_blockbackup"
+cargo build --release --quiet -p blockbackup-cli
 echo "setup: done"
