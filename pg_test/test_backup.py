@@ -48,30 +48,13 @@ EXPECTED_STATES = {
 }
 
 
-def require_installed():
-    pkglibdir = run([pg_bin("pg_config"), "--pkglibdir"]).stdout.strip()
-    library = os.path.join(pkglibdir, "pg_blockbackup.so")
-    assert os.path.exists(library), \
-        f"pg_blockbackup is not installed ({library} missing): run `cargo pgrx install` first"
-
-
-def extension_cluster(td, name="primary", **settings):
-    require_installed()
-    c = td.cluster(name, preload=True, settings=settings).initdb().start()
-    ext.create_extension(c)
-    wait_until(lambda: ext.summarizer_pid(c), timeout=30, what="the summarizer to start")
-    missing = c.sql_value("SELECT count(*) FROM (VALUES ('take_backup'), ('backups'), "
-                          "('restore_backup'), ('validate_backup'), ('expire_backups'), "
-                          "('delete_backup'), ('backup_progress')) f(name) WHERE NOT EXISTS "
-                          "(SELECT FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                          "WHERE n.nspname = 'blockbackup' AND p.proname = f.name)")
-    assert missing == "0", f"{missing} backup functions of the contract are not installed"
-    return c
+BACKUP_FUNCTIONS = ("take_backup", "backups", "restore_backup", "validate_backup",
+                    "expire_backups", "delete_backup", "backup_progress")
 
 
 def backup_cluster(td, name="primary", compression=None, parallel=None, **settings):
     """An extension cluster with a repository configured (returns cluster, repo)."""
-    c = extension_cluster(td, name, **settings)
+    c = ext.extension_cluster(td, name, functions=BACKUP_FUNCTIONS, **settings)
     repo = bk.make_repository(td, f"repo_{name}")
     bk.configure_repository(c, repo, compression, parallel)
     return c, repo
@@ -468,7 +451,7 @@ def kill_during_backup(td):
 
 
 def disk_full(td):
-    c = extension_cluster(td, "diskfull")
+    c = ext.extension_cluster(td, "diskfull", functions=BACKUP_FUNCTIONS)
     mount = os.path.join(td.path, "tmpfs")
     try:
         bk.mount_tmpfs(mount, "64m")

@@ -6,27 +6,13 @@ import signal
 import time
 
 from harness import extension as ext
-from harness.cluster import TestDir, pg_bin, run, wait_until
+from harness.cluster import TestDir, wait_until
 from harness.lsn import parse_lsn
+from harness.extension import extension_cluster
 from harness.oracle_check import check_both_oracles, check_waldump_oracle
 from harness.workload import pgbench_background, pgbench_init, run_workload
 
 TEST_TIMEOUT = 420
-
-
-def require_installed():
-    pkglibdir = run([pg_bin("pg_config"), "--pkglibdir"]).stdout.strip()
-    library = os.path.join(pkglibdir, "pg_blockbackup.so")
-    assert os.path.exists(library), \
-        f"pg_blockbackup is not installed ({library} missing): run `cargo pgrx install` first"
-
-
-def extension_cluster(td, name="primary", **settings):
-    require_installed()
-    c = td.cluster(name, preload=True, settings=settings).initdb().start()
-    ext.create_extension(c)
-    wait_until(lambda: ext.summarizer_pid(c), timeout=30, what="the summarizer to start")
-    return c
 
 
 def checkpointed_lsn(cluster):

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use blockbackup_core::catalog::{BackupRecord, BackupStatus};
-use blockbackup_core::reconstruct::{restore, ChainMember, RestoreOptions};
+use blockbackup_core::reconstruct::{chain_members, restore, RestoreOptions};
 use blockbackup_core::repository::{validate_backup_id, Repository};
 use blockbackup_core::Lsn;
 
@@ -89,8 +89,8 @@ fn list(repo: &Repository) -> Result<(), String> {
         println!(
             "{:<22} {:<11} {:<8} {:<22} {:>4} {:>14} {:>14} {:>14}",
             r.backup_id,
-            format!("{:?}", r.mode).to_lowercase(),
-            format!("{:?}", r.status).to_uppercase(),
+            r.mode.as_str(),
+            r.status.as_str(),
             r.parent_backup_id.as_deref().unwrap_or("-"),
             r.timeline,
             r.start_lsn.to_string(),
@@ -111,26 +111,19 @@ fn validate(repo: &Repository, id: Option<&str>) -> Result<(), String> {
         None => repo.list().map_err(|e| e.to_string())?,
     };
     let mut corrupt = 0;
-    for mut record in records
+    for record in records
         .into_iter()
         .filter(|r| r.status != BackupStatus::Running)
     {
-        let contents = repo
-            .read_contents(&record.backup_id)
+        let (record, report) = repo
+            .validate_and_record(record)
             .map_err(|e| e.to_string())?;
-        let report = repo.validate_backup_files(&record.backup_id, &contents, record.compression);
-        if record.status.is_usable() || record.status == BackupStatus::Corrupt {
-            record.status = if report.errors.is_empty() {
-                BackupStatus::Ok
-            } else {
-                BackupStatus::Corrupt
-            };
-            record.error = report.errors.first().cloned();
-            repo.write_record(&record).map_err(|e| e.to_string())?;
-        }
         println!(
-            "{} {:?}: {} files, {} bytes checked",
-            record.backup_id, record.status, report.files_checked, report.bytes_checked
+            "{} {}: {} files, {} bytes checked",
+            record.backup_id,
+            record.status.as_str(),
+            report.files_checked,
+            report.bytes_checked
         );
         for error in &report.errors {
             println!("  {error}");
@@ -185,20 +178,8 @@ fn restore_backup(
             }
         }
     }
-    let records = repo.chain(id).map_err(|e| e.to_string())?;
-    let contents = records
-        .iter()
-        .map(|r| repo.read_contents(&r.backup_id).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let chain: Vec<ChainMember> = records
-        .iter()
-        .zip(&contents)
-        .map(|(record, contents)| ChainMember {
-            record,
-            data_dir: repo.data_dir(&record.backup_id),
-            contents,
-        })
-        .collect();
+    let (records, contents) = repo.load_chain(id).map_err(|e| e.to_string())?;
+    let chain = chain_members(repo, &records, &contents);
     let stats = restore(&chain, &restore_options, &mut |_| ControlFlow::Continue(()))
         .map_err(|e| e.to_string())?;
     println!(

@@ -30,7 +30,39 @@ pub enum BackupStatus {
     Corrupt,
 }
 
+impl BackupMode {
+    /// The name the SQL interface shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupMode::Full => "full",
+            BackupMode::Incremental => "incremental",
+            BackupMode::Dump => "dump",
+        }
+    }
+}
+
+impl Compression {
+    /// The name the SQL interface and the settings use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+        }
+    }
+}
+
 impl BackupStatus {
+    /// The name the SQL interface shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupStatus::Running => "RUNNING",
+            BackupStatus::Done => "DONE",
+            BackupStatus::Ok => "OK",
+            BackupStatus::Error => "ERROR",
+            BackupStatus::Corrupt => "CORRUPT",
+        }
+    }
+
     /// Whether a backup in this state can be restored or be a parent.
     pub fn is_usable(self) -> bool {
         matches!(self, BackupStatus::Done | BackupStatus::Ok)

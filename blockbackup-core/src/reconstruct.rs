@@ -73,6 +73,7 @@ use crate::incremental_file::{
     incremental_path, read_incremental_header, restored_path, IncrementalError, IncrementalHeader,
 };
 use crate::lsn::Lsn;
+use crate::repository::Repository;
 
 /// One backup of a chain, as restore reads it.
 #[derive(Clone, Debug)]
@@ -81,6 +82,24 @@ pub struct ChainMember<'a> {
     /// The backup's data directory image, `backups/<id>/pgdata`.
     pub data_dir: PathBuf,
     pub contents: &'a BackupContents,
+}
+
+/// The chain members of `records` (oldest first) and their `contents`, as
+/// `Repository::load_chain` returns them.
+pub fn chain_members<'a>(
+    repository: &Repository,
+    records: &'a [BackupRecord],
+    contents: &'a [BackupContents],
+) -> Vec<ChainMember<'a>> {
+    records
+        .iter()
+        .zip(contents)
+        .map(|(record, contents)| ChainMember {
+            record,
+            data_dir: repository.data_dir(&record.backup_id),
+            contents,
+        })
+        .collect()
 }
 
 /// Size and CRC-32C of a reconstructed file, as written.

@@ -121,7 +121,7 @@ pub enum RepositoryError {
     HasChildren { id: String, children: Vec<String> },
     #[error("backup \"{id}\" depends on backup \"{parent}\", which is not in the repository; \"{id}\" cannot be restored or used as a parent")]
     MissingParent { id: String, parent: String },
-    #[error("backup \"{id}\" is {} and cannot be restored or used as a parent", status_name(*status))]
+    #[error("backup \"{id}\" is {} and cannot be restored or used as a parent", status.as_str())]
     NotUsable { id: String, status: BackupStatus },
     #[error("backup \"{id}\" was taken from the cluster with system identifier {found}, not {expected}; it does not belong in this repository")]
     ForeignBackup {
@@ -137,17 +137,6 @@ fn io_error(path: &Path, source: io::Error) -> RepositoryError {
     RepositoryError::Io {
         path: path.to_owned(),
         source,
-    }
-}
-
-/// The status as the SQL interface shows it.
-fn status_name(status: BackupStatus) -> &'static str {
-    match status {
-        BackupStatus::Running => "RUNNING",
-        BackupStatus::Done => "DONE",
-        BackupStatus::Ok => "OK",
-        BackupStatus::Error => "ERROR",
-        BackupStatus::Corrupt => "CORRUPT",
     }
 }
 
@@ -603,6 +592,49 @@ impl Repository {
             }
         }
         Ok(())
+    }
+
+    /// A backup and its ancestors, oldest (the full) first, each with its
+    /// contents: what a restore reads.
+    pub fn load_chain(
+        &self,
+        id: &str,
+    ) -> Result<(Vec<BackupRecord>, Vec<BackupContents>), RepositoryError> {
+        let records = self.chain(id)?;
+        let contents = records
+            .iter()
+            .map(|record| self.read_contents(&record.backup_id))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((records, contents))
+    }
+
+    /// Rereads a backup's files and records the verdict: a DONE, OK or
+    /// CORRUPT backup becomes OK or CORRUPT; ERROR and RUNNING ones are
+    /// checked but keep their status.
+    pub fn validate_and_record(
+        &self,
+        mut record: BackupRecord,
+    ) -> Result<(BackupRecord, ValidationReport), RepositoryError> {
+        let report = match self.read_contents(&record.backup_id) {
+            Ok(contents) => {
+                self.validate_backup_files(&record.backup_id, &contents, record.compression)
+            }
+            Err(error) => ValidationReport {
+                files_checked: 0,
+                bytes_checked: 0,
+                errors: vec![error.to_string()],
+            },
+        };
+        if record.status.is_usable() || record.status == BackupStatus::Corrupt {
+            record.status = if report.errors.is_empty() {
+                BackupStatus::Ok
+            } else {
+                BackupStatus::Corrupt
+            };
+            record.error = report.errors.first().cloned();
+            self.write_record(&record)?;
+        }
+        Ok((record, report))
     }
 
     /// Rereads every file `contents` lists for backup `id` (decompressing

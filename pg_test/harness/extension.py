@@ -1,12 +1,37 @@
 """What pg_blockbackup answers, read through SQL into plain Python values."""
 from collections import namedtuple
 
-from .cluster import quote_literal
+import os
+
+from .cluster import pg_bin, quote_literal, run, wait_until
 from .lsn import parse_lsn
 
 Summary = namedtuple("Summary", "tli start_lsn end_lsn relation_forks blocks size_bytes")
 Status = namedtuple("Status", "summarized_tli summarized_lsn pending_lsn summarizer_pid "
                               "slot_restart_lsn")
+
+
+def require_installed():
+    pkglibdir = run([pg_bin("pg_config"), "--pkglibdir"]).stdout.strip()
+    library = os.path.join(pkglibdir, "pg_blockbackup.so")
+    assert os.path.exists(library), \
+        f"pg_blockbackup is not installed ({library} missing): run `cargo pgrx install` first"
+
+
+def extension_cluster(td, name="primary", functions=(), **settings):
+    """A started cluster that preloads pg_blockbackup, with the extension
+    created and its summarizer running; `functions` must all exist."""
+    require_installed()
+    c = td.cluster(name, preload=True, settings=settings).initdb().start()
+    create_extension(c)
+    wait_until(lambda: summarizer_pid(c), timeout=30, what="the summarizer to start")
+    if functions:
+        names = ", ".join(f"({quote_literal(f)})" for f in functions)
+        missing = c.sql_value(f"SELECT count(*) FROM (VALUES {names}) f(name) WHERE NOT EXISTS "
+                              "(SELECT FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                              "WHERE n.nspname = 'blockbackup' AND p.proname = f.name)")
+        assert missing == "0", f"{missing} functions of the contract are not installed"
+    return c
 
 
 def create_extension(cluster, db="postgres"):

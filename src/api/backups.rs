@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use blockbackup_core::catalog::{BackupMode, BackupRecord, BackupStatus, Compression};
+use blockbackup_core::catalog::{BackupRecord, BackupStatus, Compression};
 use blockbackup_core::repository::{delete_plan, expire_plan, validate_backup_id, ExpireAction};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -19,31 +19,6 @@ const POSTGRES_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 fn timestamp(unix_us: Option<i64>) -> Option<TimestampWithTimeZone> {
     unix_us.and_then(|us| TimestampWithTimeZone::try_from(us - POSTGRES_EPOCH_OFFSET_US).ok())
-}
-
-fn mode_name(mode: BackupMode) -> &'static str {
-    match mode {
-        BackupMode::Full => "full",
-        BackupMode::Incremental => "incremental",
-        BackupMode::Dump => "dump",
-    }
-}
-
-fn status_name(status: BackupStatus) -> &'static str {
-    match status {
-        BackupStatus::Running => "RUNNING",
-        BackupStatus::Done => "DONE",
-        BackupStatus::Ok => "OK",
-        BackupStatus::Error => "ERROR",
-        BackupStatus::Corrupt => "CORRUPT",
-    }
-}
-
-fn compression_name(compression: Compression) -> &'static str {
-    match compression {
-        Compression::None => "none",
-        Compression::Gzip => "gzip",
-    }
 }
 
 fn parse_compression(text: &str) -> Compression {
@@ -109,7 +84,7 @@ fn take_backup(
     });
     TableIterator::once((
         record.backup_id,
-        mode_name(record.mode).to_string(),
+        record.mode.as_str().to_string(),
         record.parent_backup_id,
         PgLsn(record.start_lsn),
         record.stop_lsn.map(PgLsn),
@@ -148,8 +123,8 @@ fn backups() -> TableIterator<
     TableIterator::new(records.into_iter().map(|r: BackupRecord| {
         (
             r.backup_id,
-            mode_name(r.mode).to_string(),
-            status_name(r.status).to_string(),
+            r.mode.as_str().to_string(),
+            r.status.as_str().to_string(),
             r.parent_backup_id,
             r.label,
             r.timeline as i32,
@@ -159,7 +134,7 @@ fn backups() -> TableIterator<
             timestamp(r.end_time_us),
             r.bytes_read as i64,
             r.bytes_written as i64,
-            compression_name(r.compression).to_string(),
+            r.compression.as_str().to_string(),
         )
     }))
 }
@@ -216,33 +191,16 @@ fn validate_backup(
         None => repo.list().unwrap_or_else(|e| errors::repository(e)),
     };
     let mut rows = Vec::new();
-    for mut record in records {
+    for record in records {
         if record.status == BackupStatus::Running {
             continue;
         }
-        let report = match repo.read_contents(&record.backup_id) {
-            Ok(contents) => {
-                repo.validate_backup_files(&record.backup_id, &contents, record.compression)
-            }
-            Err(e) => blockbackup_core::repository::ValidationReport {
-                files_checked: 0,
-                bytes_checked: 0,
-                errors: vec![e.to_string()],
-            },
-        };
-        if record.status.is_usable() || record.status == BackupStatus::Corrupt {
-            record.status = if report.errors.is_empty() {
-                BackupStatus::Ok
-            } else {
-                BackupStatus::Corrupt
-            };
-            record.error = report.errors.first().cloned();
-            repo.write_record(&record)
-                .unwrap_or_else(|e| errors::repository(e));
-        }
+        let (record, report) = repo
+            .validate_and_record(record)
+            .unwrap_or_else(|e| errors::repository(e));
         rows.push((
             record.backup_id,
-            status_name(record.status).to_string(),
+            record.status.as_str().to_string(),
             report.files_checked as i64,
             report.bytes_checked as i64,
             report.errors,

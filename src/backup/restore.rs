@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use blockbackup_core::reconstruct::{
-    restore, ChainMember, RestoreOptions, RestoreProgress, RestoreStats,
+    chain_members, restore, RestoreOptions, RestoreProgress, RestoreStats,
 };
 use blockbackup_core::repository::{validate_backup_id, Repository};
 use blockbackup_core::Lsn;
@@ -57,25 +57,10 @@ pub fn restore_backup(request: RestoreRequest) -> RestoreStats {
         }
     }
 
-    let records = repo
-        .chain(&request.backup_id)
+    let (records, contents) = repo
+        .load_chain(&request.backup_id)
         .unwrap_or_else(|e| errors::repository(e));
-    let contents: Vec<_> = records
-        .iter()
-        .map(|r| {
-            repo.read_contents(&r.backup_id)
-                .unwrap_or_else(|e| errors::repository(e))
-        })
-        .collect();
-    let chain: Vec<ChainMember> = records
-        .iter()
-        .zip(&contents)
-        .map(|(record, contents)| ChainMember {
-            record,
-            data_dir: repo.data_dir(&record.backup_id),
-            contents,
-        })
-        .collect();
+    let chain = chain_members(&repo, &records, &contents);
     let options = RestoreOptions {
         target,
         tablespace_mapping,
