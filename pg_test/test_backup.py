@@ -450,6 +450,32 @@ def kill_during_backup(td):
     c.stop()
 
 
+def test_session_backup_start_stop():
+    """backup_start names the repository's newest backup as the parent, so a
+    script can ask for the blocks changed since; backup_stop ends it."""
+    with TestDir() as td:
+        c, repo = backup_cluster(td)
+        pgbench_init(c, scale=2)
+        full = bk.take_backup(c, "full")
+        c.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 = 0")
+        rows = c.sql("""
+            SELECT backup_id, start_lsn, timeline, parent_backup_id, parent_start_lsn
+              FROM blockbackup.backup_start('script copy') \\gset s_
+            SELECT count(*) FROM blockbackup.changed_blocks(:'s_parent_start_lsn', :'s_start_lsn') c
+              JOIN pg_class r ON r.relfilenode = c.relfilenode
+             WHERE r.relname = 'pgbench_accounts';
+            SELECT :'s_parent_backup_id', :'s_timeline', length(labelfile) > 0,
+                   stop_lsn > :'s_start_lsn'::pg_lsn
+              FROM blockbackup.backup_stop();
+        """)
+        changed, stopped = rows[0], rows[1]
+        assert int(changed[0]) > 0, f"no changed pgbench_accounts blocks since the parent: {rows}"
+        assert stopped == (full.backup_id, "1", "t", "t"), stopped
+        err = bk.expect_sqlstate(c, "SELECT * FROM blockbackup.backup_stop()", ("55000",))
+        assert "backup_start" in err.message, err
+        assert set(bk.backups(c)) == {full.backup_id}, "backup_start must not add catalog entries"
+
+
 def disk_full(td):
     c = ext.extension_cluster(td, "diskfull", functions=BACKUP_FUNCTIONS)
     mount = os.path.join(td.path, "tmpfs")

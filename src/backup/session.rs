@@ -11,6 +11,7 @@ use blockbackup_core::catalog::{BackupMode, BackupRecord};
 use blockbackup_core::Lsn;
 
 use super::{repository_access, server_backup};
+use crate::summary_store::wait_until_summarized;
 use crate::{errors, settings, timeline};
 
 pub struct Started {
@@ -24,6 +25,8 @@ pub struct Stopped {
     pub backup_id: String,
     pub stop: server_backup::StopResult,
 }
+
+const SUMMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 thread_local! {
     static SESSION_BACKUP: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -47,6 +50,14 @@ pub fn start(label: &str, fast: bool) -> Started {
             })
     });
     let start_lsn = server_backup::start(label, fast);
+    // So that changed_blocks(parent_start_lsn, start_lsn) answers at once.
+    if parent.is_some() && settings::SUMMARIZE_WAL.get() {
+        if let Err(reached) = wait_until_summarized(start_lsn, SUMMARY_WAIT) {
+            pgrx::notice!(
+                "pg_blockbackup: WAL is summarized only up to {reached}; wait_for_summary('{start_lsn}') before asking for changed blocks"
+            );
+        }
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
