@@ -21,7 +21,7 @@ import time
 from harness import SkipTest
 from harness import backup as bk
 from harness import extension as ext
-from harness.cluster import (CommandError, TestDir, make_postgres_dir, pg_bin, quote_literal,
+from harness.cluster import (CommandError, chown_postgres, TestDir, make_postgres_dir, pg_bin, quote_literal,
                              run, wait_until)
 from harness.workload import (backup_churn, pgbench_init, pgbench_run, run_workload,
                               seq_writer_start, seq_writer_stop, small_change)
@@ -707,7 +707,12 @@ def test_backup_harness_on_pg_basebackup():
             os.unlink(link)
             os.rename(os.path.join(td.path, "ts_copy", oid), link)
         with open(os.path.join(target.datadir, "postgresql.auto.conf"), "a") as f:
-            f.write("allow_in_place_tablespaces = on\n")
+            # As restore_backup writes them: in-place tablespaces, and archive
+            # recovery from pg_wal ending on a new timeline.
+            f.write("allow_in_place_tablespaces = on\nrestore_command = '/bin/false'\n"
+                    "recovery_target_action = 'promote'\n")
+        open(os.path.join(target.datadir, "recovery.signal"), "w").close()
+        chown_postgres(os.path.join(target.datadir, "recovery.signal"))
         bk.check_restored_layout(target.datadir)
         bk.check_tablespaces_inside(target.datadir, ts)
         bk.verifybackup(target.datadir)
