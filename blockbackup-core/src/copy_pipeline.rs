@@ -35,7 +35,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
@@ -47,6 +47,7 @@ use thiserror::Error;
 use crate::backup_plan::FileMethod;
 use crate::catalog::{Compression, StoredFile, StoredKind};
 use crate::incremental_file::{incremental_path, IncrementalHeader};
+use crate::safe_path::safe_relative_path;
 
 /// Bytes read or written at a time; also how often a worker looks at the
 /// stop flag.
@@ -140,7 +141,7 @@ pub fn copy_files(
     poll: &mut dyn FnMut(&CopyProgress) -> ControlFlow<()>,
 ) -> Result<(Vec<StoredFile>, CopyStats), CopyError> {
     for task in &tasks {
-        if relative_path(&task.path).is_none() {
+        if safe_relative_path(&task.path).is_none() {
             return Err(CopyError::BadPath {
                 path: task.path.clone(),
             });
@@ -318,16 +319,6 @@ fn run_pool<T: Sync, R: Send>(
         None if cancelled => Err(CopyError::Cancelled),
         None => Ok(()),
     }
-}
-
-/// `path` as a relative path of normal components only.
-fn relative_path(path: &str) -> Option<&Path> {
-    let path = Path::new(path);
-    let normal = !path.as_os_str().is_empty()
-        && path
-            .components()
-            .all(|component| matches!(component, Component::Normal(_)));
-    normal.then_some(path)
 }
 
 /// The file name under `dest_dir` of a stored path.

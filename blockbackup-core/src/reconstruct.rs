@@ -74,6 +74,7 @@ use crate::incremental_file::{
 };
 use crate::lsn::Lsn;
 use crate::repository::Repository;
+use crate::safe_path::safe_relative_path;
 
 /// One backup of a chain, as restore reads it.
 #[derive(Clone, Debug)]
@@ -885,7 +886,7 @@ fn plan_files(index: &ChainIndex<'_, '_>) -> Result<Vec<Task>, RestoreError> {
             })?,
             StoredKind::Whole | StoredKind::Wal => stored.path.clone(),
         };
-        if !is_safe_relative(&path) {
+        if safe_relative_path(&path).is_none() {
             return Err(RestoreError::BadChain {
                 reason: format!("backup {backup_id} lists the unsafe path {:?}", stored.path),
             });
@@ -920,12 +921,6 @@ fn plan_files(index: &ChainIndex<'_, '_>) -> Result<Vec<Task>, RestoreError> {
     // Largest first, so that no thread is left with a big file at the end.
     tasks.sort_by_key(|task| std::cmp::Reverse(task.estimate));
     Ok(tasks)
-}
-
-fn is_safe_relative(path: &str) -> bool {
-    !path.is_empty()
-        && !path.contains('\0')
-        && path.split('/').all(|part| !matches!(part, "" | "." | ".."))
 }
 
 fn plan_tablespaces(

@@ -43,13 +43,15 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::catalog::{BackupContents, BackupMode, BackupRecord, BackupStatus, Compression};
+use crate::civil_time::civil_from_days;
+use crate::safe_path::safe_relative_path;
 use crate::summary_dir::{write_file_durably, SummaryDirError};
 
 pub const MARKER_FILE_NAME: &str = "pg_blockbackup.repository.json";
@@ -702,17 +704,6 @@ impl Repository {
     }
 }
 
-/// `path` as a relative path made only of normal components, or None if it
-/// could reach outside the directory it is joined to.
-fn safe_relative_path(path: &str) -> Option<&Path> {
-    let path = Path::new(path);
-    let normal = !path.as_os_str().is_empty()
-        && path
-            .components()
-            .all(|component| matches!(component, Component::Normal(_)));
-    normal.then_some(path)
-}
-
 struct FileChecksum {
     size: u64,
     stored_size: u64,
@@ -805,27 +796,6 @@ fn utc_timestamp_name(time_us: i64) -> String {
         second_of_day / 60 % 60,
         second_of_day % 60
     )
-}
-
-/// The proleptic Gregorian (year, month, day) of a day number counted from
-/// 1970-01-01 (Howard Hinnant's `civil_from_days`): shift the year to start
-/// in March so the leap day is last, then split into 400-year eras.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The parent links among `records`, and each record's depth in its chain
@@ -1046,30 +1016,6 @@ pub fn delete_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_dates_match_a_day_by_day_calendar() {
-        let days_in_month = |year: i64, month: u32| match month {
-            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-            4 | 6 | 9 | 11 => 30,
-            _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-            _ => 28,
-        };
-        let (mut year, mut month, mut day) = (1970i64, 1u32, 1u32);
-        for days in 0..(400 * 366) {
-            assert_eq!(civil_from_days(days), (year, month, day), "day {days}");
-            day += 1;
-            if day > days_in_month(year, month) {
-                day = 1;
-                month += 1;
-                if month > 12 {
-                    month = 1;
-                    year += 1;
-                }
-            }
-        }
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-    }
 
     #[test]
     fn timestamp_names_are_utc() {
