@@ -1,5 +1,6 @@
 //! Where the typed errors of the pure crate become `ereport`s with SQLSTATEs.
 
+use blockbackup_core::copy_pipeline::CopyError;
 use blockbackup_core::reconstruct::RestoreError;
 use blockbackup_core::repository::RepositoryError;
 use blockbackup_core::{CoverageError, SummaryDirError};
@@ -122,20 +123,37 @@ pub fn incremental_impossible(parent: &str, reason: &str) -> ! {
     )
 }
 
-/// A file operation of a backup failed; a full disk gets its own SQLSTATE.
-pub fn backup_io(message: String) -> ! {
-    let code = if message.contains("No space left on device") || message.contains("os error 28") {
-        PgSqlErrorCode::ERRCODE_DISK_FULL
-    } else {
-        PgSqlErrorCode::ERRCODE_IO_ERROR
+/// A backup failed for a reason that is neither the disk nor the user's.
+pub fn backup_failed(message: String) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_IO_ERROR,
+        format!("backup failed: {message}"),
+        None,
+        Some(BACKUP_FAILED_HINT),
+    )
+}
+
+/// The copy threads stopped; a full disk gets its own SQLSTATE.
+pub fn backup_copy(error: CopyError) -> ! {
+    let code = match &error {
+        CopyError::Read { source, .. } | CopyError::Write { source, .. }
+            if is_disk_full(source) =>
+        {
+            PgSqlErrorCode::ERRCODE_DISK_FULL
+        }
+        CopyError::Cancelled => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+        _ => PgSqlErrorCode::ERRCODE_IO_ERROR,
     };
     raise(
         code,
-        format!("backup failed: {message}"),
+        format!("backup failed: {error}"),
         None,
-        Some("The backup is marked ERROR and earlier backups are untouched; fix the cause and take the backup again."),
+        Some(BACKUP_FAILED_HINT),
     )
 }
+
+const BACKUP_FAILED_HINT: &str =
+    "The backup is marked ERROR and earlier backups are untouched; fix the cause and take the backup again.";
 
 pub fn session_backup_running() -> ! {
     raise(
@@ -162,7 +180,7 @@ fn is_disk_full(error: &std::io::Error) -> bool {
 pub fn repository(error: RepositoryError) -> ! {
     use RepositoryError as E;
     let (code, hint) = match &error {
-        E::Io { source, .. } if is_disk_full(source) => {
+        E::Io { source, .. } | E::Write(SummaryDirError::Io { source, .. }) if is_disk_full(source) => {
             (PgSqlErrorCode::ERRCODE_DISK_FULL, "Free space in the repository, or expire old backups.")
         }
         E::Io { .. } | E::Write(_) => {

@@ -318,7 +318,7 @@ fn plan_copy(
     let data_dir = data_directory();
     let version_dir = server_paths::tablespace_version_directory();
     let (_, files) = walk_data_directory(&data_dir, &version_dir, &[repo.root().to_path_buf()])
-        .unwrap_or_else(|e| errors::backup_io(e.to_string()));
+        .unwrap_or_else(|e| errors::backup_failed(e.to_string()));
     let (control, others): (Vec<SourceFile>, Vec<SourceFile>) =
         files.into_iter().partition(|f| f.path == PG_CONTROL);
     let task = |file: SourceFile| {
@@ -376,7 +376,7 @@ fn run_copy(
         }
         Err(e) => {
             pg_sys::check_for_interrupts!();
-            errors::backup_io(e.to_string());
+            errors::backup_copy(e);
         }
     }
 }
@@ -387,7 +387,7 @@ pub(crate) fn interrupt_pending() -> bool {
 
 fn staged_file(staging: &Path, name: &str, content: &str) -> CopyTask {
     write_file_durably(staging, name, content.as_bytes())
-        .unwrap_or_else(|e| errors::backup_io(e.to_string()));
+        .unwrap_or_else(|e| errors::repository(e.into()));
     CopyTask {
         source: staging.join(name),
         path: name.to_string(),
@@ -402,7 +402,7 @@ fn staged_file(staging: &Path, name: &str, content: &str) -> CopyTask {
 fn wal_tasks(history: &[TimelineSpan], timeline: u32, start: Lsn, stop: Lsn) -> Vec<CopyTask> {
     if let Some(span) = history.iter().find(|s| s.timeline == timeline) {
         if span.end.is_some_and(|end| end <= stop) {
-            errors::backup_io(format!(
+            errors::backup_failed(format!(
                 "the server switched timelines during the backup (timeline {timeline} ended)"
             ));
         }
@@ -419,7 +419,7 @@ fn wal_tasks(history: &[TimelineSpan], timeline: u32, start: Lsn, stop: Lsn) -> 
             );
             let source = wal_dir.join(&name);
             if !source.exists() {
-                errors::backup_io(format!(
+                errors::backup_failed(format!(
                     "WAL segment {name} needed by the backup is missing from pg_wal"
                 ));
             }
@@ -456,7 +456,7 @@ fn write_manifest(image: &Path, stored: &[StoredFile], timeline: u32, start: Lsn
         }],
     );
     write_file_durably(image, "backup_manifest", &manifest)
-        .unwrap_or_else(|e| errors::backup_io(e.to_string()));
+        .unwrap_or_else(|e| errors::repository(e.into()));
 }
 
 /// `<oid> <location>` lines as pg_backup_stop writes them (a backslash
