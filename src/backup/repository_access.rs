@@ -5,8 +5,9 @@
 
 use std::path::PathBuf;
 
-use blockbackup_core::catalog::BackupStatus;
+use blockbackup_core::catalog::{BackupMode, BackupRecord, BackupStatus};
 use blockbackup_core::repository::Repository;
+use blockbackup_core::TimelineSpan;
 
 use super::server_backup;
 use crate::server_paths::{data_directory, overlapping, resolved};
@@ -60,4 +61,25 @@ pub fn mark_interrupted_backups(repo: &Repository) {
         repo.write_record(&record)
             .unwrap_or_else(|e| errors::repository(e));
     }
+}
+
+/// The newest backup an incremental can build on: usable, of this
+/// cluster, and started on a timeline of the server's current history.
+pub fn newest_usable_parent(repo: &Repository, history: &[TimelineSpan]) -> Option<BackupRecord> {
+    let system_identifier = server_backup::system_identifier();
+    let records = repo.list().unwrap_or_else(|e| errors::repository(e));
+    records.into_iter().rev().find(|r| {
+        r.status.is_usable()
+            && r.mode != BackupMode::Dump
+            && r.system_identifier == system_identifier
+            && on_history(r, history)
+    })
+}
+
+fn on_history(record: &BackupRecord, history: &[TimelineSpan]) -> bool {
+    history.iter().any(|span| {
+        span.timeline == record.timeline
+            && span.begin <= record.start_lsn
+            && span.end.is_none_or(|end| record.start_lsn < end)
+    })
 }

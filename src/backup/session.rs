@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use blockbackup_core::catalog::{BackupMode, BackupRecord};
+use blockbackup_core::catalog::BackupRecord;
 use blockbackup_core::Lsn;
 
 use super::{repository_access, server_backup};
@@ -37,17 +37,8 @@ pub fn start(label: &str, fast: bool) -> Started {
         errors::session_backup_running();
     }
     let parent = settings::text(&settings::REPOSITORY).and_then(|_| {
-        let repo = repository_access::open_for_writing();
-        let system_identifier = server_backup::system_identifier();
-        repo.list()
-            .unwrap_or_else(|e| errors::repository(e))
-            .into_iter()
-            .rev()
-            .find(|r| {
-                r.status.is_usable()
-                    && r.mode != BackupMode::Dump
-                    && r.system_identifier == system_identifier
-            })
+        let history = timeline::history_of(timeline::current_timeline());
+        repository_access::newest_usable_parent(&repository_access::open_for_writing(), &history)
     });
     let start_lsn = server_backup::start(label, fast);
     // So that changed_blocks(parent_start_lsn, start_lsn) answers at once.

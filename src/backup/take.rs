@@ -59,7 +59,10 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     let history = timeline::history_of(timeline::current_timeline());
     let parent = match request.mode {
         RequestedMode::Full => None,
-        _ => newest_usable_parent(&repo, &history),
+        _ => repository_access::newest_usable_parent(&repo, &history).and_then(|record| {
+            let contents = repo.read_contents(&record.backup_id).ok()?;
+            Some((record, contents))
+        }),
     };
     if request.mode == RequestedMode::Incremental && parent.is_none() {
         errors::no_parent_backup();
@@ -234,37 +237,6 @@ impl Drop for AbortOnError {
             }
         }
     }
-}
-
-/// The newest backup an incremental can build on: usable, of this
-/// cluster, and started on a timeline of the server's current history.
-fn newest_usable_parent(
-    repo: &Repository,
-    history: &[TimelineSpan],
-) -> Option<(BackupRecord, BackupContents)> {
-    let system_identifier = server_backup::system_identifier();
-    let records = repo.list().unwrap_or_else(|e| errors::repository(e));
-    records
-        .into_iter()
-        .rev()
-        .filter(|r| {
-            r.status.is_usable()
-                && r.mode != BackupMode::Dump
-                && r.system_identifier == system_identifier
-        })
-        .find(|r| on_history(r, history))
-        .and_then(|r| {
-            let contents = repo.read_contents(&r.backup_id).ok()?;
-            Some((r, contents))
-        })
-}
-
-fn on_history(record: &BackupRecord, history: &[TimelineSpan]) -> bool {
-    history.iter().any(|span| {
-        span.timeline == record.timeline
-            && span.begin <= record.start_lsn
-            && span.end.is_none_or(|end| record.start_lsn < end)
-    })
 }
 
 /// The blocks changed since the parent started, or None (a full backup)
