@@ -117,6 +117,29 @@ pub struct BackupRecord {
     pub tablespaces: Vec<TablespaceEntry>,
     /// Why the backup ended in ERROR or CORRUPT.
     pub error: Option<String>,
+    /// For a dump: what was dumped and how pg_dump ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpDetails>,
+}
+
+/// What a `dump` backup holds: one pg_dump run of one database, its output
+/// under `backups/<id>/dump/` and pg_dump's standard error in
+/// `backups/<id>/pg_dump.log`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpDetails {
+    pub database: String,
+    /// pg_dump's format: custom, directory, plain or tar.
+    pub format: String,
+    pub jobs: u32,
+    /// The extra pg_dump options, as passed (normalized).
+    pub options: Vec<String>,
+    /// The dump file (directory for the directory format), relative to
+    /// the backup's `dump/` directory.
+    pub output: String,
+    /// pg_dump's exit code; None while it runs or when a signal ended it.
+    pub exit_code: Option<i32>,
+    /// The agent that took it (unique on this server, see `dump_agents()`).
+    pub agent_id: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

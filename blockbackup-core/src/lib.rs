@@ -79,6 +79,8 @@ pub mod catalog;
 pub mod civil_time;
 pub mod copy_pipeline;
 pub mod coverage;
+pub mod dump_process;
+pub mod dump_request;
 pub mod incremental_file;
 pub mod lsn;
 pub mod reconstruct;

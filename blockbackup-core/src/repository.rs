@@ -8,6 +8,10 @@
 //! <root>/backups/<id>/backup.json         BackupRecord
 //! <root>/backups/<id>/contents.json       BackupContents
 //! <root>/backups/<id>/pgdata/...          the data directory image
+//! <root>/backups/<id>/dump/...            a dump's pg_dump output
+//! <root>/backups/<id>/pg_dump.log         a dump's pg_dump standard error
+//! <root>/backups/<id>/running.lock        flock'ed while a dump runs
+//! <root>/create.lock                      flock'ed while an id is chosen
 //! ```
 //!
 //! # Why it is built this way
@@ -25,6 +29,15 @@
 //! * a backup disappears by renaming it to `.deleting-<id>` first, so a
 //!   crash in the middle of a long recursive delete leaves a name listings
 //!   ignore, never a half-deleted backup that looks real.
+//!
+//! A physical backup holds the repository lock from start to end, so a
+//! RUNNING physical backup found while the lock is free was cut off. Dumps
+//! run side by side (two databases dumped at once) and do not hold it:
+//! each holds its own `running.lock`, taken before its record becomes
+//! visible, so a RUNNING dump whose lock is free was cut off too
+//! ([`Repository::is_dump_running`]). Choosing a new id and publishing
+//! the first record happen under the short `create.lock`, which both kinds
+//! take, so two backups started in the same second never pick one name.
 //!
 //! The marker ties a repository to one cluster: incremental backups are
 //! only meaningful against backups of the same system, and mixing two
@@ -62,6 +75,10 @@ const BACKUPS_DIR: &str = "backups";
 const RECORD_FILE_NAME: &str = "backup.json";
 const CONTENTS_FILE_NAME: &str = "contents.json";
 const DATA_DIR_NAME: &str = "pgdata";
+const DUMP_DIR_NAME: &str = "dump";
+const DUMP_LOG_NAME: &str = "pg_dump.log";
+const RUNNING_LOCK_NAME: &str = "running.lock";
+const CREATE_LOCK_NAME: &str = "create.lock";
 const DELETING_PREFIX: &str = ".deleting-";
 const CREATING_PREFIX: &str = ".creating-";
 const MAX_BACKUP_ID_LEN: usize = 64;
@@ -133,6 +150,10 @@ pub enum RepositoryError {
     },
     #[error("the chain of backup \"{id}\" is broken: {detail}")]
     BrokenChain { id: String, detail: String },
+    #[error("backup \"{id}\" is a dump of database \"{database}\"; a dump is restored with pg_restore (or psql for the plain format), not by restore_backup")]
+    IsDump { id: String, database: String },
+    #[error("backup \"{id}\" is still running; cancel it (cancel_dump_agent) or wait for it to end first")]
+    StillRunning { id: String },
 }
 
 fn io_error(path: &Path, source: io::Error) -> RepositoryError {
@@ -176,6 +197,12 @@ pub struct Repository {
 /// releases the lock.
 #[derive(Debug)]
 pub struct RepositoryLock {
+    _file: File,
+}
+
+/// Held by the process that takes a dump, for as long as it runs.
+#[derive(Debug)]
+pub struct RunningLock {
     _file: File,
 }
 
@@ -321,8 +348,59 @@ impl Repository {
         self.backup_dir(id).join(DATA_DIR_NAME)
     }
 
+    /// `<root>/backups/<id>/dump`, where a dump's output goes.
+    pub fn dump_dir(&self, id: &str) -> PathBuf {
+        self.backup_dir(id).join(DUMP_DIR_NAME)
+    }
+
+    /// `<root>/backups/<id>/pg_dump.log`, a dump's pg_dump standard error.
+    pub fn dump_log(&self, id: &str) -> PathBuf {
+        self.backup_dir(id).join(DUMP_LOG_NAME)
+    }
+
+    /// The directory the paths of a backup's `contents.json` are under.
+    pub fn content_dir(&self, record: &BackupRecord) -> PathBuf {
+        match record.mode {
+            BackupMode::Dump => self.dump_dir(&record.backup_id),
+            BackupMode::Full | BackupMode::Incremental => self.data_dir(&record.backup_id),
+        }
+    }
+
     fn backups_dir(&self) -> PathBuf {
         self.root.join(BACKUPS_DIR)
+    }
+
+    /// Gives `record` a fresh id (from its start time and mode) and
+    /// publishes it. For a dump, the returned lock is taken before the
+    /// record becomes visible and marks the dump as running until dropped.
+    pub fn create_backup(
+        &self,
+        record: &mut BackupRecord,
+    ) -> Result<Option<RunningLock>, RepositoryError> {
+        let path = self.root.join(CREATE_LOCK_NAME);
+        let guard = open_lock_file(&path)?;
+        guard.lock().map_err(|error| io_error(&path, error))?;
+        record.backup_id = self.new_backup_id(record.start_time_us, record.mode);
+        let running = self.publish_new_record(record)?;
+        drop(guard);
+        Ok(running)
+    }
+
+    /// Whether a RUNNING dump's process still holds its lock; false also
+    /// when the backup or its lock file is gone.
+    pub fn is_dump_running(&self, id: &str) -> Result<bool, RepositoryError> {
+        validate_backup_id(id)?;
+        let path = self.backup_dir(id).join(RUNNING_LOCK_NAME);
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(io_error(&path, error)),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(false),
+            Err(fs::TryLockError::WouldBlock) => Ok(true),
+            Err(fs::TryLockError::Error(error)) => Err(io_error(&path, error)),
+        }
     }
 
     /// A fresh id for a backup started at `start_time_us`:
@@ -406,10 +484,8 @@ impl Repository {
     }
 
     /// Writes the backup's `backup.json` durably, replacing the old one.
-    /// For a new id the backup directory is created with it, atomically:
-    /// it is built as `.creating-<id>` (record and empty `pgdata/`) and
-    /// renamed, so that [`Repository::list`] never meets a backup without
-    /// its record. Call it with the lock held.
+    /// For a new id the backup directory is created with it, atomically
+    /// (see [`Repository::create_backup`], which also picks the id).
     pub fn write_record(&self, record: &BackupRecord) -> Result<(), RepositoryError> {
         let id = &record.backup_id;
         validate_backup_id(id)?;
@@ -418,22 +494,49 @@ impl Repository {
             write_file_durably(&dir, RECORD_FILE_NAME, &to_json(record))?;
             return Ok(());
         }
+        self.publish_new_record(record).map(drop)
+    }
+
+    /// Builds `.creating-<id>` with the record and an empty content
+    /// directory (and, for a dump, its held running lock), then renames it
+    /// into place, so that [`Repository::list`] never meets a backup
+    /// without its record.
+    fn publish_new_record(
+        &self,
+        record: &BackupRecord,
+    ) -> Result<Option<RunningLock>, RepositoryError> {
+        let id = &record.backup_id;
+        validate_backup_id(id)?;
         let backups = self.backups_dir();
+        let dir = backups.join(id);
         let building = backups.join(format!("{CREATING_PREFIX}{id}"));
         if building.exists() {
             // Left by a crash; nothing refers to it.
             fs::remove_dir_all(&building).map_err(|error| io_error(&building, error))?;
         }
-        let data_dir = building.join(DATA_DIR_NAME);
+        let content_name = match record.mode {
+            BackupMode::Dump => DUMP_DIR_NAME,
+            BackupMode::Full | BackupMode::Incremental => DATA_DIR_NAME,
+        };
+        let content_dir = building.join(content_name);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&data_dir)
-            .map_err(|error| io_error(&data_dir, error))?;
+            .create(&content_dir)
+            .map_err(|error| io_error(&content_dir, error))?;
+        let running = if record.mode == BackupMode::Dump {
+            let path = building.join(RUNNING_LOCK_NAME);
+            let file = open_lock_file(&path)?;
+            file.lock().map_err(|error| io_error(&path, error))?;
+            Some(RunningLock { _file: file })
+        } else {
+            None
+        };
         sync_directory(&building)?;
         write_file_durably(&building, RECORD_FILE_NAME, &to_json(record))?;
         fs::rename(&building, &dir).map_err(|error| io_error(&dir, error))?;
-        sync_directory(&backups)
+        sync_directory(&backups)?;
+        Ok(running)
     }
 
     pub fn read_contents(&self, id: &str) -> Result<BackupContents, RepositoryError> {
@@ -461,13 +564,7 @@ impl Repository {
     /// deletes hold it for their whole run.
     pub fn lock(&self) -> Result<RepositoryLock, RepositoryError> {
         let path = self.root.join(LOCK_FILE_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|error| io_error(&path, error))?;
+        let file = open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(RepositoryLock { _file: file }),
             Err(fs::TryLockError::WouldBlock) => Err(RepositoryError::Busy { path }),
@@ -603,6 +700,15 @@ impl Repository {
         id: &str,
     ) -> Result<(Vec<BackupRecord>, Vec<BackupContents>), RepositoryError> {
         let records = self.chain(id)?;
+        if let Some(dump) = records.last().filter(|r| r.mode == BackupMode::Dump) {
+            return Err(RepositoryError::IsDump {
+                id: dump.backup_id.clone(),
+                database: dump
+                    .dump
+                    .as_ref()
+                    .map_or_else(String::new, |d| d.database.clone()),
+            });
+        }
         let contents = records
             .iter()
             .map(|record| self.read_contents(&record.backup_id))
@@ -618,9 +724,7 @@ impl Repository {
         mut record: BackupRecord,
     ) -> Result<(BackupRecord, ValidationReport), RepositoryError> {
         let report = match self.read_contents(&record.backup_id) {
-            Ok(contents) => {
-                self.validate_backup_files(&record.backup_id, &contents, record.compression)
-            }
+            Ok(contents) => self.validate_backup_files(&record, &contents),
             Err(error) => ValidationReport {
                 files_checked: 0,
                 bytes_checked: 0,
@@ -645,16 +749,16 @@ impl Repository {
     /// one damaged file does not hide the others.
     pub fn validate_backup_files(
         &self,
-        id: &str,
+        record: &BackupRecord,
         contents: &BackupContents,
-        compression: Compression,
     ) -> ValidationReport {
         let mut report = ValidationReport::default();
-        if let Err(error) = validate_backup_id(id) {
+        if let Err(error) = validate_backup_id(&record.backup_id) {
             report.errors.push(error.to_string());
             return report;
         }
-        let data_dir = self.data_dir(id);
+        let compression = record.compression;
+        let data_dir = self.content_dir(record);
         for file in &contents.files {
             report.files_checked += 1;
             let Some(relative) = safe_relative_path(&file.path) else {
@@ -761,6 +865,16 @@ fn not_found_as(error: RepositoryError, id: &str) -> RepositoryError {
         }
         other => other,
     }
+}
+
+fn open_lock_file(path: &Path) -> Result<File, RepositoryError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|error| io_error(path, error))
 }
 
 fn is_empty_directory(dir: &Path) -> Result<bool, RepositoryError> {
@@ -876,8 +990,9 @@ fn with_ancestors<'a>(
 ///
 /// A backup is kept if any given rule keeps it:
 /// * `keep_full` N keeps the newest N usable full backups and every backup
-///   whose chain starts at one of them; it also keeps the newest N usable
-///   dumps, which stand alone the way full backups do;
+///   whose chain starts at one of them; it also keeps, for each database,
+///   the newest N usable dumps of it, which stand alone the way full
+///   backups do;
 /// * `keep_days` D keeps usable backups that ended within D days of
 ///   `now_us`, and everything they depend on.
 ///
@@ -905,22 +1020,32 @@ pub fn expire_plan(
         );
     }
     if let Some(count) = keep_full {
-        let newest = |mode: BackupMode| {
-            let mut candidates: Vec<&BackupRecord> = records
-                .iter()
-                .filter(|record| record.mode == mode && record.status.is_usable())
-                .collect();
+        // Full backups form one group; dumps one group per database.
+        let mut groups: BTreeMap<Option<&str>, Vec<&BackupRecord>> = BTreeMap::new();
+        for record in records.iter().filter(|record| record.status.is_usable()) {
+            match record.mode {
+                BackupMode::Full => groups.entry(None).or_default().push(record),
+                BackupMode::Dump => {
+                    let database = record.dump.as_ref().map_or("", |d| d.database.as_str());
+                    groups.entry(Some(database)).or_default().push(record);
+                }
+                BackupMode::Incremental => {}
+            }
+        }
+        let mut roots = BTreeSet::new();
+        for (group, mut candidates) in groups {
             candidates.sort_by(|a, b| {
                 (b.start_time_us, &b.backup_id).cmp(&(a.start_time_us, &a.backup_id))
             });
-            candidates
+            let newest = candidates
                 .into_iter()
                 .take(count as usize)
-                .map(|record| record.backup_id.as_str())
-                .collect::<BTreeSet<&str>>()
-        };
-        let roots = newest(BackupMode::Full);
-        kept.extend(newest(BackupMode::Dump));
+                .map(|record| record.backup_id.as_str());
+            match group {
+                None => roots.extend(newest),
+                Some(_) => kept.extend(newest),
+            }
+        }
         kept.extend(
             records
                 .iter()
@@ -969,8 +1094,9 @@ pub fn expire_plan(
 /// itself and, with `cascade`, every backup that depends on it. Without
 /// `cascade`, a backup that others depend on is refused.
 ///
-/// The caller holds the repository lock, so a RUNNING record here is the
-/// leftover of a crashed backup and may be deleted like any other.
+/// The caller holds the repository lock and has marked backups that were
+/// cut off as ERROR, so a RUNNING record here is a dump still being taken:
+/// it is refused, and so is any plan that would remove one.
 pub fn delete_plan(
     records: &[BackupRecord],
     id: &str,
@@ -994,6 +1120,13 @@ pub fn delete_plan(
         if doomed.len() == before {
             break;
         }
+    }
+    if let Some(running) = records.iter().find(|record| {
+        record.status == BackupStatus::Running && doomed.contains(record.backup_id.as_str())
+    }) {
+        return Err(RepositoryError::StillRunning {
+            id: running.backup_id.clone(),
+        });
     }
     if !cascade && doomed.len() > 1 {
         let children = records

@@ -39,6 +39,7 @@ fn record(id: &str, mode: BackupMode, parent: Option<&str>, start_time_us: i64) 
         server_version: 150_020,
         tablespaces: Vec::new(),
         error: None,
+        dump: None,
     }
 }
 
@@ -332,14 +333,14 @@ fn store(repository: &Repository, id: &str, path: &str, content: &[u8], gzip: bo
 
 fn validate_finds_damage(gzip: bool) {
     let (_scratch, repository) = new_repository();
-    repository
-        .write_record(&record("A", BackupMode::Full, None, 1))
-        .unwrap();
     let compression = if gzip {
         Compression::Gzip
     } else {
         Compression::None
     };
+    let mut a = record("A", BackupMode::Full, None, 1);
+    a.compression = compression;
+    repository.write_record(&a).unwrap();
     let data = repository.data_dir("A");
     let suffix = if gzip { ".gz" } else { "" };
     let files: Vec<StoredFile> = [
@@ -353,7 +354,7 @@ fn validate_finds_damage(gzip: bool) {
     .collect();
     let contents = BackupContents { files };
 
-    let report = repository.validate_backup_files("A", &contents, compression);
+    let report = repository.validate_backup_files(&a, &contents);
     assert_eq!(report.errors, Vec::<String>::new());
     assert_eq!(report.files_checked, 4);
     assert_eq!(report.bytes_checked, 3 + 20_000 + 300 + 100);
@@ -361,7 +362,7 @@ fn validate_finds_damage(gzip: bool) {
     fs::remove_file(data.join(format!("base/5/16385{suffix}"))).unwrap();
     // Same length, different content.
     store(&repository, "A", "global/1262", &[4u8; 100], gzip);
-    let report = repository.validate_backup_files("A", &contents, compression);
+    let report = repository.validate_backup_files(&a, &contents);
     assert_eq!(report.errors.len(), 2, "{:?}", report.errors);
     assert!(report.errors[0].contains("base/5/16385") && report.errors[0].contains("missing"));
     assert!(
@@ -372,7 +373,7 @@ fn validate_finds_damage(gzip: bool) {
 
     let mut escaping = contents.clone();
     escaping.files[0].path = "../../../etc/passwd".to_owned();
-    let report = repository.validate_backup_files("A", &escaping, compression);
+    let report = repository.validate_backup_files(&a, &escaping);
     assert!(
         report.errors[0].contains("not a valid path"),
         "{:?}",
@@ -393,18 +394,48 @@ fn validation_rereads_every_gzip_file() {
 #[test]
 fn validation_notices_a_short_file() {
     let (_scratch, repository) = new_repository();
-    repository
-        .write_record(&record("A", BackupMode::Full, None, 1))
-        .unwrap();
+    let a = record("A", BackupMode::Full, None, 1);
+    repository.write_record(&a).unwrap();
     let file = store(&repository, "A", "base/5/1", &[9u8; 1000], false);
     let path = repository.data_dir("A").join("base/5/1");
     fs::write(&path, [9u8; 500]).unwrap();
-    let report = repository.validate_backup_files(
-        "A",
-        &BackupContents { files: vec![file] },
-        Compression::None,
-    );
+    let report = repository.validate_backup_files(&a, &BackupContents { files: vec![file] });
     assert_eq!(report.errors.len(), 1);
     assert!(report.errors[0].contains("base/5/1"));
     assert!(Path::new(&path).exists());
+}
+
+#[test]
+fn a_dump_holds_its_running_lock_until_dropped_and_is_not_restorable() {
+    let (_scratch, repository) = new_repository();
+    let mut first = record("", BackupMode::Dump, None, 1_700_000_000_000_000);
+    first.status = BackupStatus::Running;
+    let mut second = first.clone();
+    let lock = repository.create_backup(&mut first).unwrap();
+    assert!(lock.is_some());
+    let lock2 = repository.create_backup(&mut second).unwrap();
+    assert_eq!(first.backup_id, "20231114-221320D");
+    assert_eq!(second.backup_id, "20231114-221320D-2");
+    assert!(repository.dump_dir(&first.backup_id).is_dir());
+    assert!(!repository.data_dir(&first.backup_id).exists());
+    assert!(repository.is_dump_running(&first.backup_id).unwrap());
+    drop(lock);
+    assert!(!repository.is_dump_running(&first.backup_id).unwrap());
+    assert!(repository.is_dump_running(&second.backup_id).unwrap());
+    drop(lock2);
+
+    let mut done = repository.read_record(&first.backup_id).unwrap();
+    done.status = BackupStatus::Done;
+    repository.write_record(&done).unwrap();
+    repository
+        .write_contents(&done.backup_id, &BackupContents::default())
+        .unwrap();
+    assert!(matches!(
+        repository.load_chain(&done.backup_id),
+        Err(RepositoryError::IsDump { .. })
+    ));
+
+    let mut full = record("", BackupMode::Full, None, 1);
+    assert!(repository.create_backup(&mut full).unwrap().is_none());
+    assert!(repository.data_dir(&full.backup_id).is_dir());
 }

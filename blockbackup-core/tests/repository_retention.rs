@@ -1,7 +1,7 @@
 //! Retention and deletion plans: what `expire_backups` and
 //! `delete_backup` remove, and in which order.
 
-use blockbackup_core::catalog::{BackupMode, BackupRecord, BackupStatus, Compression};
+use blockbackup_core::catalog::{BackupMode, BackupRecord, BackupStatus, Compression, DumpDetails};
 use blockbackup_core::lsn::Lsn;
 use blockbackup_core::repository::{delete_plan, expire_plan, ExpireAction, RepositoryError};
 
@@ -39,6 +39,7 @@ fn backup(id: &str, parent: Option<&str>, age_days: i64, status: BackupStatus) -
         server_version: 150_000,
         tablespaces: Vec::new(),
         error: None,
+        dump: None,
     }
 }
 
@@ -178,4 +179,41 @@ fn cascade_takes_every_branch_children_first() {
     records.push(backup("I2d", Some("I2c"), 0, Done));
     let plan = delete_plan(&records, "F2", true).unwrap();
     assert_eq!(plan, vec!["I2b", "I2d", "I2a", "I2c", "F2"]);
+}
+
+fn dump(id: &str, database: &str, age_days: i64, status: BackupStatus) -> BackupRecord {
+    let mut record = backup(id, None, age_days, status);
+    record.mode = BackupMode::Dump;
+    record.dump = Some(DumpDetails {
+        database: database.to_owned(),
+        format: "custom".to_owned(),
+        jobs: 1,
+        options: Vec::new(),
+        output: "dump.custom".to_owned(),
+        exit_code: Some(0),
+        agent_id: 1,
+    });
+    record
+}
+
+#[test]
+fn keep_full_keeps_the_newest_dumps_of_each_database() {
+    let records = vec![
+        dump("A1", "app", 9, Done),
+        dump("A2", "app", 5, Done),
+        dump("B1", "billing", 30, Done),
+        dump("A3", "app", 1, Error),
+    ];
+    let plan = expire_plan(&records, Some(1), None, NOW);
+    assert_eq!(ids(&plan), vec!["A1", "A3"]);
+}
+
+#[test]
+fn a_running_dump_cannot_be_deleted() {
+    let records = vec![dump("D", "app", 0, Running)];
+    assert!(matches!(
+        delete_plan(&records, "D", false),
+        Err(RepositoryError::StillRunning { id }) if id == "D"
+    ));
+    assert!(expire_plan(&records, Some(0), Some(0), NOW).is_empty());
 }

@@ -114,6 +114,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         server_version: pg_sys::PG_VERSION_NUM,
         tablespaces: Vec::new(),
         error: None,
+        dump: None,
     };
     repo.write_record(&record)
         .unwrap_or_else(|e| errors::repository(e));

@@ -54,6 +54,7 @@ pub fn record(id: &str, parent: Option<&str>, compression: Compression, lsn: u64
         server_version: 150000,
         tablespaces: Vec::<TablespaceEntry>::new(),
         error: None,
+        dump: None,
     }
 }
 
