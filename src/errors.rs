@@ -1,6 +1,7 @@
 //! Where the typed errors of the pure crate become `ereport`s with SQLSTATEs.
 
 use blockbackup_core::copy_pipeline::CopyError;
+use blockbackup_core::dump_request::DumpRequestError;
 use blockbackup_core::reconstruct::RestoreError;
 use blockbackup_core::repository::RepositoryError;
 use blockbackup_core::{CoverageError, SummaryDirError};
@@ -201,6 +202,14 @@ pub fn repository(error: RepositoryError) -> ! {
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "Point blockbackup.repository at an empty directory or at this cluster's repository.",
         ),
+        E::IsDump { .. } => (
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            "Restore a dump with pg_restore from the output_path dump_agents() or the catalog shows.",
+        ),
+        E::StillRunning { .. } => (
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            "SELECT blockbackup.cancel_dump_agent(agent_id) stops a running dump.",
+        ),
         E::NotUsable { .. } | E::MissingParent { .. } | E::BrokenChain { .. } | E::ForeignBackup { .. } => (
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "Check blockbackup.backups() and validate_backup(); restore or build on another backup.",
@@ -236,5 +245,95 @@ pub fn restore(error: RestoreError) -> ! {
         format!("restore failed: {error}"),
         None,
         Some("Nothing usable was left in the target; validate the backups with blockbackup.validate_backup()."),
+    )
+}
+
+pub fn dump_request(error: DumpRequestError) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        format!("dump agent not started: {error}"),
+        None,
+        Some(error.hint()),
+    )
+}
+
+pub fn unknown_database(database: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
+        format!("dump agent not started: database \"{database}\" does not exist"),
+        None,
+        Some("SELECT datname FROM pg_database; lists the databases."),
+    )
+}
+
+pub fn database_not_connectable(database: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("dump agent not started: database \"{database}\" does not allow connections"),
+        None,
+        Some("pg_dump needs to connect; ALTER DATABASE ... ALLOW_CONNECTIONS true, or dump another database."),
+    )
+}
+
+pub fn no_unix_socket(setting: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("dump agent not started: the server has no Unix-socket directory (unix_socket_directories = '{setting}')"),
+        None,
+        Some("The agent connects over the local socket; set unix_socket_directories to a directory and restart the server."),
+    )
+}
+
+pub fn pg_dump_missing(program: &std::path::Path) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
+        format!("dump agent not started: \"{}\" does not exist", program.display()),
+        None,
+        Some("Install the PostgreSQL client programs of the server's version (on Debian: postgresql-client-<version>)."),
+    )
+}
+
+pub fn agents_busy(slots: usize) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+        format!("dump agent not started: {slots} dump agents are already running"),
+        None,
+        Some("Wait for one to finish (blockbackup.dump_agents() lists them)."),
+    )
+}
+
+pub fn no_worker_slot() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+        "dump agent not started: no background worker slot is free".into(),
+        None,
+        Some("Each agent is a background worker; raise max_worker_processes (restart needed) or wait for other workers to end."),
+    )
+}
+
+pub fn agent_failed_to_start(why: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("dump agent not started: its worker could not start ({why})"),
+        None,
+        Some("See the server log."),
+    )
+}
+
+pub fn unknown_agent(agent_id: i64) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+        format!("dump agent {agent_id} does not exist"),
+        Some("The list of agents lives in shared memory: it starts empty after a server restart and keeps the 16 most recent agents.".into()),
+        Some("SELECT * FROM blockbackup.dump_agents(); lists them; finished dumps stay in blockbackup.backups()."),
+    )
+}
+
+pub fn agent_did_not_stop(agent_id: i64) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+        format!("dump agent {agent_id} was asked to stop but is still running"),
+        None,
+        Some("See the server log; the agent stops pg_dump with SIGTERM and then SIGKILL."),
     )
 }

@@ -7,6 +7,7 @@
 
 use pgrx::prelude::*;
 
+mod agent;
 mod api;
 mod backup;
 mod errors;

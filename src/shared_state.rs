@@ -1,5 +1,5 @@
 //! Shared memory: what the summarizer worker tells the backends and how
-//! backends wake it, and the progress of running backups.
+//! backends wake it, the progress of running backups, and the dump agents.
 //!
 //! LSNs and the worker's identity are plain atomics: each is written by the
 //! worker alone and read anywhere, so no lock is needed. Backends that wait
@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::agent::agent_table::DumpAgentTable;
 use crate::backup::progress::BackupProgressTable;
 use crate::errors::not_preloaded;
 
@@ -18,6 +19,7 @@ use crate::errors::not_preloaded;
 struct SharedState {
     summarizer: SummarizerShared,
     backup_progress: BackupProgressTable,
+    dump_agents: DumpAgentTable,
 }
 
 #[repr(C)]
@@ -76,10 +78,12 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
         )
         .cast::<SharedState>();
         if !found {
-            // Every field is an atomic or a condition variable: all-zero is
-            // their initial state, but for the condition variable's init.
+            // Every field is an atomic, a plain value, a spinlock or a
+            // condition variable: all-zero is their initial state, but for
+            // the lock's and the condition variables' init.
             std::ptr::write_bytes(shared, 0, 1);
             pg_sys::ConditionVariableInit(&raw mut (*shared).summarizer.summary_written);
+            DumpAgentTable::init(&raw mut (*shared).dump_agents);
         }
         SHARED = shared;
     }
@@ -103,6 +107,10 @@ pub fn get() -> &'static SummarizerShared {
 
 pub fn backup_progress() -> &'static BackupProgressTable {
     &shared().backup_progress
+}
+
+pub fn dump_agents() -> &'static DumpAgentTable {
+    &shared().dump_agents
 }
 
 /// Errors unless the library was preloaded (the worker and this state exist).

@@ -699,16 +699,14 @@ impl Repository {
         &self,
         id: &str,
     ) -> Result<(Vec<BackupRecord>, Vec<BackupContents>), RepositoryError> {
-        let records = self.chain(id)?;
-        if let Some(dump) = records.last().filter(|r| r.mode == BackupMode::Dump) {
+        let leaf = self.read_record(id)?;
+        if leaf.mode == BackupMode::Dump {
             return Err(RepositoryError::IsDump {
-                id: dump.backup_id.clone(),
-                database: dump
-                    .dump
-                    .as_ref()
-                    .map_or_else(String::new, |d| d.database.clone()),
+                id: leaf.backup_id,
+                database: leaf.dump.map_or_else(String::new, |d| d.database),
             });
         }
+        let records = self.chain(id)?;
         let contents = records
             .iter()
             .map(|record| self.read_contents(&record.backup_id))

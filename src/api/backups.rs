@@ -224,6 +224,7 @@ fn expire_backups(
     }
     let repo = repository_access::open_for_writing();
     let _lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
+    repository_access::mark_interrupted_backups(&repo);
     let records = repo.list().unwrap_or_else(|e| errors::repository(e));
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -252,6 +253,7 @@ fn delete_backup(backup_id: String, cascade: default!(bool, false)) -> i32 {
     validate_backup_id(&backup_id).unwrap_or_else(|e| errors::repository(e));
     let repo = repository_access::open_for_writing();
     let _lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
+    repository_access::mark_interrupted_backups(&repo);
     let records = repo.list().unwrap_or_else(|e| errors::repository(e));
     let doomed =
         delete_plan(&records, &backup_id, cascade).unwrap_or_else(|e| errors::repository(e));

@@ -4,4 +4,6 @@
 #[allow(clippy::type_complexity)]
 mod backups;
 #[allow(clippy::type_complexity)]
+mod dump_agents;
+#[allow(clippy::type_complexity)]
 mod summaries;

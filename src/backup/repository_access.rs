@@ -48,13 +48,18 @@ pub fn open_for_writing() -> Repository {
 }
 
 /// Backups left RUNNING while no backup holds the repository lock were
-/// cut off (session killed, server crashed): they are ERROR.
+/// cut off (session killed, server crashed): they are ERROR. A dump does
+/// not hold the repository lock but its own running lock; it was cut off
+/// when that lock is free.
 pub fn mark_interrupted_backups(repo: &Repository) {
     let records = repo.list().unwrap_or_else(|e| errors::repository(e));
-    for mut record in records
-        .into_iter()
-        .filter(|r| r.status == BackupStatus::Running)
-    {
+    for mut record in records.into_iter().filter(|r| {
+        r.status == BackupStatus::Running
+            && (r.mode != BackupMode::Dump
+                || !repo
+                    .is_dump_running(&r.backup_id)
+                    .unwrap_or_else(|e| errors::repository(e)))
+    }) {
         record.status = BackupStatus::Error;
         record.error =
             Some("interrupted: the session or the server ended while the backup ran".into());

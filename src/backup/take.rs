@@ -89,9 +89,8 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         Some(_) => (BackupMode::Incremental, parent),
         None => (BackupMode::Full, None),
     };
-    let backup_id = repo.new_backup_id(start_time_us, mode);
     let mut record = BackupRecord {
-        backup_id: backup_id.clone(),
+        backup_id: String::new(),
         mode,
         status: BackupStatus::Running,
         parent_backup_id: parent.as_ref().map(|(p, _)| p.backup_id.clone()),
@@ -116,8 +115,9 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         error: None,
         dump: None,
     };
-    repo.write_record(&record)
+    repo.create_backup(&mut record)
         .unwrap_or_else(|e| errors::repository(e));
+    let backup_id = record.backup_id.clone();
     guard.record = Some((repo.root().to_path_buf(), record.clone()));
 
     let progress = shared_state::backup_progress().claim(&backup_id);
