@@ -232,9 +232,9 @@ pub fn restore(error: RestoreError) -> ! {
     let code = match &error {
         E::TargetNotEmpty { .. }
         | E::BadTablespaceMapping { .. }
-        | E::RecoveryTargetBeforeConsistency { .. } => {
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
-        }
+        | E::RecoveryTargetBeforeConsistency { .. }
+        | E::UnknownRestorePoint { .. }
+        | E::TwoRecoveryTargets => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         E::Io { source, .. } if is_disk_full(source) => PgSqlErrorCode::ERRCODE_DISK_FULL,
         E::Io { .. } => PgSqlErrorCode::ERRCODE_IO_ERROR,
         E::Cancelled => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
@@ -335,5 +335,23 @@ pub fn agent_did_not_stop(agent_id: i64) -> ! {
         format!("dump agent {agent_id} was asked to stop but is still running"),
         None,
         Some("See the server log; the agent stops pg_dump with SIGTERM and then SIGKILL."),
+    )
+}
+
+pub fn restore_point_in_recovery() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "restore points cannot be created during recovery".into(),
+        None,
+        Some("Create the restore point on the primary."),
+    )
+}
+
+pub fn no_backup_for_restore_point() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "no finished physical backup of this timeline to hold the restore point".into(),
+        None,
+        Some("Take a backup first (blockbackup.take_backup()), then create the restore point."),
     )
 }

@@ -4,7 +4,7 @@
 //! pg_blockbackup --repository DIR list
 //! pg_blockbackup --repository DIR validate [BACKUP_ID]
 //! pg_blockbackup --repository DIR restore BACKUP_ID TARGET_DIR
-//!                [--tablespace-mapping OLD=NEW]... [--recovery-target-lsn LSN] [--parallel N]
+//!                [--tablespace-mapping OLD=NEW]... [--recovery-target-lsn LSN | --recovery-target-name NAME] [--parallel N]
 //! ```
 //!
 //! It does what the SQL functions `backups()`, `validate_backup()` and
@@ -24,7 +24,7 @@ const USAGE: &str = "usage:
   pg_blockbackup --repository DIR list
   pg_blockbackup --repository DIR validate [BACKUP_ID]
   pg_blockbackup --repository DIR restore BACKUP_ID TARGET_DIR
-                 [--tablespace-mapping OLD=NEW]... [--recovery-target-lsn LSN] [--parallel N]";
+                 [--tablespace-mapping OLD=NEW]... [--recovery-target-lsn LSN | --recovery-target-name NAME] [--parallel N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,9 +45,10 @@ fn run(args: &[String]) -> Result<(), String> {
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--repository" => repository = Some(next_value(&mut iter, arg)?),
-            "--tablespace-mapping" | "--recovery-target-lsn" | "--parallel" => {
-                options.push((arg.clone(), next_value(&mut iter, arg)?))
-            }
+            "--tablespace-mapping"
+            | "--recovery-target-lsn"
+            | "--recovery-target-name"
+            | "--parallel" => options.push((arg.clone(), next_value(&mut iter, arg)?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -147,6 +148,7 @@ fn restore_backup(
         target: PathBuf::from(target),
         tablespace_mapping: Vec::new(),
         recovery_target_lsn: None,
+        recovery_target_name: None,
         threads: 1,
     };
     if !restore_options.target.is_absolute() {
@@ -161,6 +163,9 @@ fn restore_backup(
                 restore_options
                     .tablespace_mapping
                     .push((old.to_string(), PathBuf::from(new)));
+            }
+            "--recovery-target-name" => {
+                restore_options.recovery_target_name = Some(value.clone());
             }
             "--recovery-target-lsn" => {
                 restore_options.recovery_target_lsn = Some(

@@ -120,7 +120,25 @@ pub struct BackupRecord {
     /// For a dump: what was dumped and how pg_dump ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump: Option<DumpDetails>,
+    /// Named restore points created after the backup whose WAL the backup
+    /// holds too, so that it can be restored to any of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restore_points: Vec<RestorePoint>,
 }
+
+/// A restore point (`pg_create_restore_point`) reachable from a backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePoint {
+    pub name: String,
+    /// The end of the restore point's WAL record.
+    #[serde(with = "lsn_text")]
+    pub lsn: Lsn,
+    /// Microseconds since the Unix epoch.
+    pub time_us: i64,
+}
+
+/// The longest restore point name PostgreSQL accepts (MAXFNAMELEN - 1).
+pub const MAX_RESTORE_POINT_NAME_BYTES: usize = 63;
 
 /// What a `dump` backup holds: one pg_dump run of one database, its output
 /// under `backups/<id>/dump/` and pg_dump's standard error in
@@ -174,6 +192,18 @@ pub struct StoredFile {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupContents {
     pub files: Vec<StoredFile>,
+}
+
+impl BackupContents {
+    /// Adds `files`, replacing those with the same path; keeps path order.
+    pub fn upsert(&mut self, files: Vec<StoredFile>) {
+        for file in files {
+            match self.files.binary_search_by(|f| f.path.cmp(&file.path)) {
+                Ok(at) => self.files[at] = file,
+                Err(at) => self.files.insert(at, file),
+            }
+        }
+    }
 }
 
 mod lsn_text {

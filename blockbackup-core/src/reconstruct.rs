@@ -120,6 +120,8 @@ pub struct RestoreOptions {
     /// Recover up to this LSN and promote; `None` recovers to the end of
     /// the backup's WAL only.
     pub recovery_target_lsn: Option<Lsn>,
+    /// Recover up to this restore point of the backup and promote.
+    pub recovery_target_name: Option<String>,
     /// Worker threads (0 counts as 1).
     pub threads: usize,
 }
@@ -191,6 +193,14 @@ pub enum RestoreError {
         backup_id: String,
         stop_lsn: Lsn,
     },
+    #[error("backup {backup_id} holds no WAL for restore point {name:?} (it holds: {known}); restore the backup that create_restore_point named")]
+    UnknownRestorePoint {
+        name: String,
+        backup_id: String,
+        known: String,
+    },
+    #[error("give recovery_target_lsn or recovery_target_name, not both: PostgreSQL recovers to one target")]
+    TwoRecoveryTargets,
     #[error("tablespace mapping {key:?} -> {}: {reason}", location.display())]
     BadTablespaceMapping {
         key: String,
@@ -804,6 +814,24 @@ pub fn restore(
         .ok_or_else(|| RestoreError::BadChain {
             reason: format!("backup {} has no stop LSN", newest.record.backup_id),
         })?;
+    if let Some(name) = &options.recovery_target_name {
+        if options.recovery_target_lsn.is_some() {
+            return Err(RestoreError::TwoRecoveryTargets);
+        }
+        let points = &newest.record.restore_points;
+        if !points.iter().any(|point| &point.name == name) {
+            let known: Vec<&str> = points.iter().map(|point| point.name.as_str()).collect();
+            return Err(RestoreError::UnknownRestorePoint {
+                name: name.clone(),
+                backup_id: newest.record.backup_id.clone(),
+                known: if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                },
+            });
+        }
+    }
     if let Some(target) = options.recovery_target_lsn {
         if target < stop_lsn {
             return Err(RestoreError::RecoveryTargetBeforeConsistency {
@@ -1211,6 +1239,12 @@ fn restore_into(
     if let Some(lsn) = options.recovery_target_lsn {
         settings.push_str(&format!(
             "recovery_target_lsn = '{lsn}'\nrecovery_target_inclusive = on\n"
+        ));
+    }
+    if let Some(name) = &options.recovery_target_name {
+        settings.push_str(&format!(
+            "recovery_target_name = '{}'\n",
+            name.replace('\'', "''")
         ));
     }
     settings.push_str("recovery_target_action = 'promote'\n");

@@ -40,6 +40,7 @@ fn record(id: &str, mode: BackupMode, parent: Option<&str>, start_time_us: i64) 
         tablespaces: Vec::new(),
         error: None,
         dump: None,
+        restore_points: Vec::new(),
     }
 }
 

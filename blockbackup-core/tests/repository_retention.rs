@@ -40,6 +40,7 @@ fn backup(id: &str, parent: Option<&str>, age_days: i64, status: BackupStatus) -
         tablespaces: Vec::new(),
         error: None,
         dump: None,
+        restore_points: Vec::new(),
     }
 }
 

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use blockbackup_core::backup_manifest::parse_manifest;
-use blockbackup_core::catalog::{Compression, TablespaceEntry};
+use blockbackup_core::catalog::{Compression, RestorePoint, TablespaceEntry};
 use blockbackup_core::reconstruct::{
     restore, RestoreError, RestoreOptions, RestoreProgress, RestoreStats,
 };
@@ -77,6 +77,7 @@ fn options(target: &Path) -> RestoreOptions {
         target: target.to_owned(),
         tablespace_mapping: vec![],
         recovery_target_lsn: None,
+        recovery_target_name: None,
         threads: 2,
     }
 }
@@ -340,6 +341,46 @@ fn recovery_target_settings() {
         );
     }
     check_manifest(&target);
+}
+
+#[test]
+fn recovery_target_names_must_be_restore_points_of_the_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut backups = sample_chain(dir.path(), Compression::None);
+    let target = dir.path().join("data");
+    let mut options = options(&target);
+    options.recovery_target_name = Some("nightly".into());
+    let error = run(&backups, &options).unwrap_err();
+    assert!(
+        matches!(&error, RestoreError::UnknownRestorePoint { known, .. } if known == "none"),
+        "{error}"
+    );
+    assert!(!target.exists());
+
+    backups.last_mut().unwrap().record.restore_points = vec![RestorePoint {
+        name: "nightly's".into(),
+        lsn: Lsn(0x300_0000),
+        time_us: 0,
+    }];
+    assert!(matches!(
+        run(&backups, &options).unwrap_err(),
+        RestoreError::UnknownRestorePoint { .. }
+    ));
+    options.recovery_target_name = Some("nightly's".into());
+    options.recovery_target_lsn = Some(Lsn(0x300_0000));
+    assert!(matches!(
+        run(&backups, &options).unwrap_err(),
+        RestoreError::TwoRecoveryTargets
+    ));
+    options.recovery_target_lsn = None;
+    run(&backups, &options).unwrap();
+    let conf = fs::read_to_string(target.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        conf.lines()
+            .any(|l| l == "recovery_target_name = 'nightly''s'"),
+        "{conf}"
+    );
+    assert!(!conf.contains("recovery_target_lsn"), "{conf}");
 }
 
 #[test]

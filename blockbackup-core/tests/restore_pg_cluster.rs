@@ -250,6 +250,7 @@ fn a_restored_chain_verifies_starts_and_has_the_data() {
         target: target.clone(),
         tablespace_mapping: vec![],
         recovery_target_lsn: None,
+        recovery_target_name: None,
         threads: 2,
     };
     let stats = restore(&chain(&backups), &options, &mut |_| {
@@ -282,6 +283,7 @@ fn a_restored_chain_verifies_starts_and_has_the_data() {
         target: target.clone(),
         tablespace_mapping: vec![(ts_oid.to_string(), mapped.clone())],
         recovery_target_lsn: Some(Lsn(stop_lsn.0)),
+        recovery_target_name: None,
         threads: 3,
     };
     restore(&chain(&backups), &options, &mut |_| {

@@ -181,6 +181,7 @@ impl Agent {
                 exit_code: None,
                 agent_id: self.id,
             }),
+            restore_points: Vec::new(),
         };
         let running = repo
             .create_backup(&mut record)

@@ -10,7 +10,7 @@ use pgrx::JsonB;
 
 use crate::backup::restore::{restore_backup as restore, RestoreRequest};
 use crate::backup::take::{take_backup as take, RequestedMode, TakeRequest};
-use crate::backup::{repository_access, session};
+use crate::backup::{repository_access, restore_point, session};
 use crate::sql_types::PgLsn;
 use crate::{errors, settings, shared_state};
 
@@ -270,6 +270,7 @@ fn restore_backup(
     target_dir: String,
     recovery_target_lsn: default!(Option<PgLsn>, "NULL"),
     tablespace_mapping: default!(Option<JsonB>, "NULL"),
+    recovery_target_name: default!(Option<String>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -283,6 +284,7 @@ fn restore_backup(
         backup_id,
         target: target_dir,
         recovery_target_lsn: recovery_target_lsn.map(|lsn| lsn.0),
+        recovery_target_name,
         tablespace_mapping: tablespace_mapping.map(|json| json.0),
     });
     TableIterator::once((
@@ -333,4 +335,54 @@ fn backup_stop() -> TableIterator<
         stopped.stop.labelfile,
         stopped.stop.spcmapfile,
     ))
+}
+
+#[pg_extern(volatile)]
+fn create_restore_point(
+    name: String,
+    backup_id: default!(Option<String>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(backup_id, String),
+        name!(restore_point_lsn, PgLsn),
+        name!(wal_segments, i32),
+    ),
+> {
+    shared_state::ensure_preloaded();
+    let created = restore_point::create(&name, backup_id.as_deref());
+    TableIterator::once((
+        created.backup_id,
+        PgLsn(created.lsn),
+        created.wal_segments as i32,
+    ))
+}
+
+#[pg_extern(volatile)]
+fn restore_points() -> TableIterator<
+    'static,
+    (
+        name!(backup_id, String),
+        name!(name, String),
+        name!(lsn, PgLsn),
+        name!(created_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let repo = repository_access::open_for_writing();
+    let records = repo.list().unwrap_or_else(|e| errors::repository(e));
+    let rows: Vec<_> = records
+        .into_iter()
+        .flat_map(|record| {
+            let id = record.backup_id;
+            record.restore_points.into_iter().map(move |point| {
+                (
+                    id.clone(),
+                    point.name,
+                    PgLsn(point.lsn),
+                    timestamp(Some(point.time_us)),
+                )
+            })
+        })
+        .collect();
+    TableIterator::new(rows)
 }

@@ -10,6 +10,7 @@
 pub mod progress;
 pub mod repository_access;
 pub mod restore;
+pub mod restore_point;
 pub mod server_backup;
 pub mod session;
 pub mod take;

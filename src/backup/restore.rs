@@ -21,6 +21,7 @@ pub struct RestoreRequest {
     pub backup_id: String,
     pub target: String,
     pub recovery_target_lsn: Option<Lsn>,
+    pub recovery_target_name: Option<String>,
     /// `{"<old location or oid>": "<new directory>"}`.
     pub tablespace_mapping: Option<serde_json::Value>,
 }
@@ -65,6 +66,7 @@ pub fn restore_backup(request: RestoreRequest) -> RestoreStats {
         target,
         tablespace_mapping,
         recovery_target_lsn: request.recovery_target_lsn,
+        recovery_target_name: request.recovery_target_name,
         threads: settings::PARALLEL.get().max(1) as usize,
     };
     let mut poll = |_: &RestoreProgress| {

@@ -114,6 +114,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         tablespaces: Vec::new(),
         error: None,
         dump: None,
+        restore_points: Vec::new(),
     };
     repo.create_backup(&mut record)
         .unwrap_or_else(|e| errors::repository(e));
@@ -372,7 +373,12 @@ fn staged_file(staging: &Path, name: &str, content: &str) -> CopyTask {
 
 /// The WAL segments from the one holding `start` to the one holding
 /// `stop`, which the backup needs to become consistent.
-fn wal_tasks(history: &[TimelineSpan], timeline: u32, start: Lsn, stop: Lsn) -> Vec<CopyTask> {
+pub(super) fn wal_tasks(
+    history: &[TimelineSpan],
+    timeline: u32,
+    start: Lsn,
+    stop: Lsn,
+) -> Vec<CopyTask> {
     if let Some(span) = history.iter().find(|s| s.timeline == timeline) {
         if span.end.is_some_and(|end| end <= stop) {
             errors::backup_failed(format!(

@@ -55,6 +55,7 @@ pub fn record(id: &str, parent: Option<&str>, compression: Compression, lsn: u64
         tablespaces: Vec::<TablespaceEntry>::new(),
         error: None,
         dump: None,
+        restore_points: Vec::new(),
     }
 }
 

@@ -1,0 +1,212 @@
+//! `create_restore_point`: a named restore point that a backup can be
+//! restored to.
+//!
+//! A backup holds the WAL from its start to its stop, and a restored
+//! cluster is consistent only from the stop on, so a restore point that
+//! several nodes share must come after every node's backup stopped, and
+//! its WAL must be in the backup: with no WAL archive, nothing else keeps
+//! it. So this creates the restore point (`pg_create_restore_point`),
+//! flushes it, and stores the WAL from the backup's stop segment through
+//! the restore point's segment in the backup, replacing the stop segment
+//! (copied when it was only partly written) with its newer content. The
+//! segments are copied to a staging directory and renamed into place, and
+//! the catalog is updated last, so a failure leaves the backup as it was
+//! or with a stop segment that holds more valid WAL, never less.
+
+use std::ops::ControlFlow;
+
+use blockbackup_core::catalog::{
+    BackupMode, BackupRecord, RestorePoint, MAX_RESTORE_POINT_NAME_BYTES,
+};
+use blockbackup_core::copy_pipeline::{copy_files, CopyOptions};
+use blockbackup_core::repository::{validate_backup_id, Repository};
+use blockbackup_core::Lsn;
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::repository_access;
+use super::take::{interrupt_pending, wal_tasks};
+use crate::sql_types::PgLsn;
+use crate::{errors, timeline};
+
+const STAGING_DIR: &str = ".restore-point-staging";
+
+pub struct CreatedRestorePoint {
+    pub backup_id: String,
+    pub lsn: Lsn,
+    pub wal_segments: usize,
+}
+
+pub fn create(name: &str, backup_id: Option<&str>) -> CreatedRestorePoint {
+    check_name(name);
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        errors::restore_point_in_recovery();
+    }
+    let repo = repository_access::open_for_writing();
+    let _lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
+    repository_access::mark_interrupted_backups(&repo);
+    let tli = timeline::current_timeline();
+    let history = timeline::history_of(tli);
+    let mut record = match backup_id {
+        Some(id) => {
+            validate_backup_id(id).unwrap_or_else(|e| errors::repository(e));
+            repo.read_record(id)
+                .unwrap_or_else(|e| errors::repository(e))
+        }
+        None => repository_access::newest_usable_parent(&repo, &history)
+            .unwrap_or_else(|| errors::no_backup_for_restore_point()),
+    };
+    check_backup(&record, tli, name);
+
+    let lsn = create_server_restore_point(name);
+    let stop = record.stop_lsn.unwrap_or(record.start_lsn);
+    // The segment holding the record's last byte; `lsn` is its end.
+    let last = Lsn(lsn.0.saturating_sub(1));
+    let tasks = wal_tasks(&history, tli, stop, last);
+    let expected: Vec<String> = tasks.iter().map(|task| task.path.clone()).collect();
+    let staging = repo.backup_dir(&record.backup_id).join(STAGING_DIR);
+    let _ = std::fs::remove_dir_all(&staging);
+    let options = CopyOptions {
+        dest_dir: staging.clone(),
+        compression: record.compression,
+        gzip_level: 6,
+        threads: 1,
+    };
+    let mut poll = |_: &_| {
+        if interrupt_pending() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let (stored, _) = copy_files(tasks, &options, &mut poll).unwrap_or_else(|e| {
+        let _ = std::fs::remove_dir_all(&staging);
+        pg_sys::check_for_interrupts!();
+        errors::backup_copy(e)
+    });
+    if let Some(missing) = expected
+        .iter()
+        .find(|path| !stored.iter().any(|f| &f.path == *path))
+    {
+        let _ = std::fs::remove_dir_all(&staging);
+        errors::backup_failed(format!(
+            "WAL segment {missing} was removed while it was being copied"
+        ));
+    }
+    install_segments(&repo, &record, &stored, &staging);
+
+    let mut contents = repo
+        .read_contents(&record.backup_id)
+        .unwrap_or_else(|e| errors::repository(e));
+    contents.upsert(stored);
+    repo.write_contents(&record.backup_id, &contents)
+        .unwrap_or_else(|e| errors::repository(e));
+    record.files = contents.files.len() as u64;
+    record.restore_points.push(RestorePoint {
+        name: name.to_owned(),
+        lsn,
+        time_us: now_us(),
+    });
+    repo.write_record(&record)
+        .unwrap_or_else(|e| errors::repository(e));
+    CreatedRestorePoint {
+        backup_id: record.backup_id,
+        lsn,
+        wal_segments: expected.len(),
+    }
+}
+
+fn check_name(name: &str) {
+    if name.is_empty()
+        || name.len() > MAX_RESTORE_POINT_NAME_BYTES
+        || name.chars().any(char::is_control)
+    {
+        errors::invalid_argument(
+            format!("invalid restore point name {name:?}"),
+            "A restore point name is 1 to 63 bytes without control characters.",
+        );
+    }
+}
+
+fn check_backup(record: &BackupRecord, tli: u32, name: &str) {
+    if record.mode == BackupMode::Dump || !record.status.is_usable() {
+        errors::invalid_argument(
+            format!(
+                "backup \"{}\" is a {} backup in status {}: only a finished physical backup can hold a restore point",
+                record.backup_id,
+                record.mode.as_str(),
+                record.status.as_str()
+            ),
+            "Name a full or incremental backup from blockbackup.backups() that is DONE or OK.",
+        );
+    }
+    if record.timeline != tli {
+        errors::invalid_argument(
+            format!(
+                "backup \"{}\" is on timeline {}, the server on timeline {tli}",
+                record.backup_id, record.timeline
+            ),
+            "Take a new backup on this timeline first.",
+        );
+    }
+    if record.restore_points.iter().any(|point| point.name == name) {
+        errors::invalid_argument(
+            format!(
+                "backup \"{}\" already has a restore point named \"{name}\"",
+                record.backup_id
+            ),
+            "Use a new name: recovery stops at the first restore point of a name.",
+        );
+    }
+}
+
+/// `pg_create_restore_point`, flushed: returns the end of its record.
+fn create_server_restore_point(name: &str) -> Lsn {
+    let args: [DatumWithOid; 1] = [name.into()];
+    let lsn =
+        Spi::get_one_with_args::<PgLsn>("SELECT pg_catalog.pg_create_restore_point($1)", &args);
+    let lsn = match lsn {
+        Ok(Some(lsn)) => lsn.0,
+        Ok(None) => error!("pg_blockbackup: pg_create_restore_point returned no LSN"),
+        Err(e) => error!("pg_blockbackup: pg_create_restore_point failed: {e}"),
+    };
+    unsafe { pg_sys::XLogFlush(lsn.0) };
+    lsn
+}
+
+/// Renames the staged segments over the backup's, then syncs the directory.
+fn install_segments(
+    repo: &Repository,
+    record: &BackupRecord,
+    stored: &[blockbackup_core::catalog::StoredFile],
+    staging: &std::path::Path,
+) {
+    let suffix = match record.compression {
+        blockbackup_core::catalog::Compression::Gzip => ".gz",
+        blockbackup_core::catalog::Compression::None => "",
+    };
+    let wal_dir = repo.data_dir(&record.backup_id).join("pg_wal");
+    for file in stored {
+        let name = format!("{}{suffix}", file.path);
+        let from = staging.join(&name);
+        let to = repo.data_dir(&record.backup_id).join(&name);
+        if let Err(error) = std::fs::rename(&from, &to) {
+            errors::backup_failed(format!(
+                "could not move \"{}\" into the backup: {error}",
+                from.display()
+            ));
+        }
+    }
+    let synced = std::fs::File::open(&wal_dir).and_then(|dir| dir.sync_all());
+    if let Err(error) = synced {
+        errors::backup_failed(format!("could not sync \"{}\": {error}", wal_dir.display()));
+    }
+    let _ = std::fs::remove_dir_all(staging);
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
