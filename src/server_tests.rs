@@ -106,6 +106,31 @@ mod tests {
         // Spi::get_one on a multi-statement string returns the last result.
         assert_eq!(state.ok().flatten().as_deref(), Some("55000"));
     }
+
+    #[pg_test(
+        error = "dump agent not started: argument \"--host=elsewhere\" is not allowed in extra_args"
+    )]
+    fn a_dump_agent_refuses_an_option_outside_the_whitelist() {
+        Spi::run(
+            "SELECT * FROM blockbackup.launch_dump_agent('postgres', extra_args => '{--host=elsewhere}')",
+        )
+        .expect("unreachable");
+    }
+
+    #[pg_test]
+    fn a_launch_for_a_missing_database_fails_with_3d000_and_starts_nothing() {
+        let state = Spi::get_one::<String>(
+            "DO $$ BEGIN
+                 PERFORM * FROM blockbackup.launch_dump_agent('nosuchdb');
+             EXCEPTION WHEN OTHERS THEN
+                 PERFORM set_config('bb.state', SQLSTATE, true);
+             END $$;
+             SELECT current_setting('bb.state', true)",
+        );
+        assert_eq!(state.ok().flatten().as_deref(), Some("3D000"));
+        let listed = Spi::get_one::<i64>("SELECT count(*) FROM blockbackup.dump_agents()");
+        assert_eq!(listed, Ok(Some(0)));
+    }
 }
 
 #[cfg(test)]
