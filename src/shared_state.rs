@@ -36,7 +36,41 @@ pub struct SummarizerShared {
     /// The highest LSN some backend waits for: the worker writes a summary
     /// as soon as it has read that far instead of waiting for a checkpoint.
     pub flush_request_lsn: AtomicU64,
-    summary_written: pg_sys::ConditionVariable,
+    summary_written: SharedCondition,
+}
+
+/// A condition variable in shared memory: waiters sleep on it (with a
+/// timeout, since a wake-up can be missed between check and sleep) until
+/// someone broadcasts.
+#[repr(C)]
+pub struct SharedCondition(std::cell::UnsafeCell<pg_sys::ConditionVariable>);
+
+impl SharedCondition {
+    /// Shared memory starts zeroed; this finishes the setup.
+    pub unsafe fn init(this: *mut SharedCondition) {
+        unsafe { pg_sys::ConditionVariableInit((*this).0.get()) };
+    }
+
+    pub fn broadcast(&self) {
+        unsafe { pg_sys::ConditionVariableBroadcast(self.0.get()) };
+    }
+
+    /// Sleeps until a broadcast or `timeout_ms` passes; raises on a cancel
+    /// or terminate request of this backend.
+    pub fn sleep(&self, timeout_ms: i64) {
+        unsafe {
+            pg_sys::ConditionVariableTimedSleep(
+                self.0.get(),
+                timeout_ms as std::ffi::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+        }
+    }
+
+    /// Ends the sleeping that `sleep` began (call once the wait is over).
+    pub fn stop_sleeping(&self) {
+        unsafe { pg_sys::ConditionVariableCancelSleep() };
+    }
 }
 
 static mut SHARED: *mut SharedState = std::ptr::null_mut();
@@ -82,7 +116,7 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
             // condition variable: all-zero is their initial state, but for
             // the lock's and the condition variables' init.
             std::ptr::write_bytes(shared, 0, 1);
-            pg_sys::ConditionVariableInit(&raw mut (*shared).summarizer.summary_written);
+            SharedCondition::init(&raw mut (*shared).summarizer.summary_written);
             DumpAgentTable::init(&raw mut (*shared).dump_agents);
         }
         SHARED = shared;
@@ -141,7 +175,7 @@ impl SummarizerShared {
     pub fn publish_summary(&self, tli: u32, end_lsn: u64) {
         self.summarized_tli.store(tli, Ordering::Release);
         self.summarized_lsn.store(end_lsn, Ordering::Release);
-        unsafe { pg_sys::ConditionVariableBroadcast(self.condition_variable()) };
+        self.summary_written.broadcast();
     }
 
     pub fn request_flush_up_to(&self, lsn: u64) {
@@ -150,20 +184,10 @@ impl SummarizerShared {
 
     /// Sleeps until the worker broadcasts or `timeout_ms` passes.
     pub fn sleep_for_summary(&self, timeout_ms: i64) {
-        unsafe {
-            pg_sys::ConditionVariableTimedSleep(
-                self.condition_variable(),
-                timeout_ms as std::ffi::c_long,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-        }
+        self.summary_written.sleep(timeout_ms);
     }
 
     pub fn stop_sleeping(&self) {
-        unsafe { pg_sys::ConditionVariableCancelSleep() };
-    }
-
-    fn condition_variable(&self) -> *mut pg_sys::ConditionVariable {
-        (&raw const self.summary_written).cast_mut()
+        self.summary_written.stop_sleeping();
     }
 }

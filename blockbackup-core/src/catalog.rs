@@ -140,6 +140,56 @@ pub struct RestorePoint {
 /// The longest restore point name PostgreSQL accepts (MAXFNAMELEN - 1).
 pub const MAX_RESTORE_POINT_NAME_BYTES: usize = 63;
 
+/// What the server a backup comes from is, as every record repeats it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterFacts {
+    pub timeline: u32,
+    pub block_size: u32,
+    pub segment_blocks: u32,
+    pub wal_segment_size: u32,
+    pub system_identifier: u64,
+    pub server_version: u32,
+}
+
+impl BackupRecord {
+    /// A RUNNING record with no id yet (`Repository::create_backup` gives
+    /// it one), no parent, nothing copied and no compression.
+    pub fn begin(
+        mode: BackupMode,
+        cluster: ClusterFacts,
+        start_lsn: Lsn,
+        start_time_us: i64,
+    ) -> Self {
+        BackupRecord {
+            backup_id: String::new(),
+            mode,
+            status: BackupStatus::Running,
+            parent_backup_id: None,
+            label: None,
+            timeline: cluster.timeline,
+            start_lsn,
+            stop_lsn: None,
+            start_time_us,
+            end_time_us: None,
+            recovery_xid: None,
+            recovery_time_us: None,
+            files: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            compression: Compression::None,
+            block_size: cluster.block_size,
+            segment_blocks: cluster.segment_blocks,
+            wal_segment_size: cluster.wal_segment_size,
+            system_identifier: cluster.system_identifier,
+            server_version: cluster.server_version,
+            tablespaces: Vec::new(),
+            error: None,
+            dump: None,
+            restore_points: Vec::new(),
+        }
+    }
+}
+
 /// What a `dump` backup holds: one pg_dump run of one database, its output
 /// under `backups/<id>/dump/` and pg_dump's standard error in
 /// `backups/<id>/pg_dump.log`.

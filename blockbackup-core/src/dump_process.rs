@@ -20,6 +20,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::catalog::{StoredFile, StoredKind};
+use crate::content_checksum::crc32c_of;
 
 pub struct DumpProcess {
     child: Child,
@@ -175,20 +176,7 @@ fn checksum_one(base: &Path, path: &Path, metadata: &fs::Metadata) -> io::Result
         .strip_prefix(base)
         .map_err(|_| io::Error::other(format!("{} is outside {}", path.display(), base.display())))?
         .to_path_buf();
-    let mut file = File::open(path)?;
-    let mut buffer = vec![0u8; 256 * 1024];
-    let mut crc = 0u32;
-    let mut size = 0u64;
-    loop {
-        let read = match file.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(error),
-        };
-        crc = crc32c::crc32c_append(crc, &buffer[..read]);
-        size += read as u64;
-    }
+    let (size, crc) = crc32c_of(File::open(path)?)?;
     let mtime = metadata
         .modified()
         .ok()

@@ -77,6 +77,7 @@ pub mod backup_plan;
 pub mod block_map;
 pub mod catalog;
 pub mod civil_time;
+pub mod content_checksum;
 pub mod copy_pipeline;
 pub mod coverage;
 pub mod dump_process;

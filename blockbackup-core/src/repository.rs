@@ -64,6 +64,7 @@ use thiserror::Error;
 
 use crate::catalog::{BackupContents, BackupMode, BackupRecord, BackupStatus, Compression};
 use crate::civil_time::civil_from_days;
+use crate::content_checksum::crc32c_of;
 use crate::safe_path::safe_relative_path;
 use crate::summary_dir::{write_file_durably, SummaryDirError};
 
@@ -815,23 +816,11 @@ struct FileChecksum {
 fn checksum_file(path: &Path, compression: Compression) -> io::Result<FileChecksum> {
     let file = File::open(path)?;
     let stored_size = file.metadata()?.len();
-    let mut reader: Box<dyn Read> = match compression {
+    let reader: Box<dyn Read> = match compression {
         Compression::None => Box::new(file),
         Compression::Gzip => Box::new(GzDecoder::new(file)),
     };
-    let mut buffer = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    let mut crc = 0u32;
-    loop {
-        let read = match reader.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(error),
-        };
-        crc = crc32c::crc32c_append(crc, &buffer[..read]);
-        size += read as u64;
-    }
+    let (size, crc) = crc32c_of(reader)?;
     Ok(FileChecksum {
         size,
         stored_size,

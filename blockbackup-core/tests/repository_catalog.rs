@@ -1,6 +1,8 @@
 //! The repository on disk: creation, ids, records, listing, locking,
 //! removal, chains and validation.
 
+mod fixtures;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -11,37 +13,18 @@ use blockbackup_core::catalog::{
 };
 use blockbackup_core::lsn::Lsn;
 use blockbackup_core::repository::{Repository, RepositoryError};
+use fixtures::cluster;
 
 const SYSTEM: u64 = 7_301_234_567_890_123_456;
 
 fn record(id: &str, mode: BackupMode, parent: Option<&str>, start_time_us: i64) -> BackupRecord {
-    BackupRecord {
-        backup_id: id.to_owned(),
-        mode,
-        status: BackupStatus::Done,
-        parent_backup_id: parent.map(str::to_owned),
-        label: None,
-        timeline: 1,
-        start_lsn: Lsn(0x1000),
-        stop_lsn: Some(Lsn(0x2000)),
-        start_time_us,
-        end_time_us: Some(start_time_us + 1),
-        recovery_xid: None,
-        recovery_time_us: None,
-        files: 0,
-        bytes_read: 0,
-        bytes_written: 0,
-        compression: Compression::None,
-        block_size: 8192,
-        segment_blocks: 131_072,
-        wal_segment_size: 16 << 20,
-        system_identifier: SYSTEM,
-        server_version: 150_020,
-        tablespaces: Vec::new(),
-        error: None,
-        dump: None,
-        restore_points: Vec::new(),
-    }
+    let mut record = BackupRecord::begin(mode, cluster(SYSTEM), Lsn(0x1000), start_time_us);
+    record.backup_id = id.to_owned();
+    record.status = BackupStatus::Done;
+    record.parent_backup_id = parent.map(str::to_owned);
+    record.stop_lsn = Some(Lsn(0x2000));
+    record.end_time_us = Some(start_time_us + 1);
+    record
 }
 
 fn new_repository() -> (tempfile::TempDir, Repository) {

@@ -1,9 +1,12 @@
 //! Retention and deletion plans: what `expire_backups` and
 //! `delete_backup` remove, and in which order.
 
-use blockbackup_core::catalog::{BackupMode, BackupRecord, BackupStatus, Compression, DumpDetails};
+mod fixtures;
+
+use blockbackup_core::catalog::{BackupMode, BackupRecord, BackupStatus, DumpDetails};
 use blockbackup_core::lsn::Lsn;
 use blockbackup_core::repository::{delete_plan, expire_plan, ExpireAction, RepositoryError};
+use fixtures::cluster;
 
 const DAY: i64 = 86_400_000_000;
 const NOW: i64 = 1_000 * DAY;
@@ -11,37 +14,18 @@ const NOW: i64 = 1_000 * DAY;
 /// A backup that started `age_days` before NOW and ended right after.
 fn backup(id: &str, parent: Option<&str>, age_days: i64, status: BackupStatus) -> BackupRecord {
     let start = NOW - age_days * DAY;
-    BackupRecord {
-        backup_id: id.to_owned(),
-        mode: if parent.is_some() {
-            BackupMode::Incremental
-        } else {
-            BackupMode::Full
-        },
-        status,
-        parent_backup_id: parent.map(str::to_owned),
-        label: None,
-        timeline: 1,
-        start_lsn: Lsn(1),
-        stop_lsn: Some(Lsn(2)),
-        start_time_us: start,
-        end_time_us: Some(start + 1),
-        recovery_xid: None,
-        recovery_time_us: None,
-        files: 0,
-        bytes_read: 0,
-        bytes_written: 0,
-        compression: Compression::None,
-        block_size: 8192,
-        segment_blocks: 131_072,
-        wal_segment_size: 16 << 20,
-        system_identifier: 1,
-        server_version: 150_000,
-        tablespaces: Vec::new(),
-        error: None,
-        dump: None,
-        restore_points: Vec::new(),
-    }
+    let mode = if parent.is_some() {
+        BackupMode::Incremental
+    } else {
+        BackupMode::Full
+    };
+    let mut record = BackupRecord::begin(mode, cluster(1), Lsn(1), start);
+    record.backup_id = id.to_owned();
+    record.status = status;
+    record.parent_backup_id = parent.map(str::to_owned);
+    record.stop_lsn = Some(Lsn(2));
+    record.end_time_us = Some(start + 1);
+    record
 }
 
 use BackupStatus::{Corrupt, Done, Error, Ok as Okay, Running};

@@ -11,9 +11,12 @@
 //! the dumps themselves.
 
 use std::cell::UnsafeCell;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use pgrx::pg_sys;
+
+pub use blockbackup_core::civil_time::unix_now_us as now_us;
+
+use crate::shared_state::SharedCondition;
 
 pub const AGENT_SLOTS: usize = 16;
 const TEXT_BYTES: usize = 1024;
@@ -80,7 +83,7 @@ pub struct DumpAgentTable {
     mutex: UnsafeCell<pg_sys::slock_t>,
     /// Only touched with `mutex` held.
     locked: UnsafeCell<LockedState>,
-    changed: UnsafeCell<pg_sys::ConditionVariable>,
+    changed: SharedCondition,
 }
 
 #[repr(C)]
@@ -114,12 +117,6 @@ fn put_text(field: &mut [u8], text: &str) {
 fn get_text(field: &[u8]) -> String {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
     String::from_utf8_lossy(&field[..end]).into_owned()
-}
-
-pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 impl AgentSlot {
@@ -190,7 +187,7 @@ impl DumpAgentTable {
     pub unsafe fn init(this: *mut DumpAgentTable) {
         unsafe {
             pg_sys::SpinLockInit((*this).mutex.get());
-            pg_sys::ConditionVariableInit((*this).changed.get());
+            SharedCondition::init(&raw mut (*this).changed);
         }
     }
 
@@ -312,7 +309,7 @@ impl DumpAgentTable {
             }
         });
         if wake {
-            unsafe { pg_sys::ConditionVariableBroadcast(self.condition_variable()) };
+            self.changed.broadcast();
         }
     }
 
@@ -330,20 +327,10 @@ impl DumpAgentTable {
     /// Sleeps until some agent changes or `timeout_ms` passes; raises on
     /// a cancel or terminate request of this session.
     pub fn sleep(&self, timeout_ms: i64) {
-        unsafe {
-            pg_sys::ConditionVariableTimedSleep(
-                self.condition_variable(),
-                timeout_ms as std::ffi::c_long,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-        }
+        self.changed.sleep(timeout_ms);
     }
 
     pub fn stop_sleeping(&self) {
-        unsafe { pg_sys::ConditionVariableCancelSleep() };
-    }
-
-    fn condition_variable(&self) -> *mut pg_sys::ConditionVariable {
-        self.changed.get()
+        self.changed.stop_sleeping();
     }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use blockbackup_core::catalog::{
-    BackupContents, BackupMode, BackupRecord, BackupStatus, Compression, DumpDetails,
+    BackupContents, BackupMode, BackupRecord, BackupStatus, DumpDetails,
 };
 use blockbackup_core::dump_process::{checksum_output, log_tail, DumpExit, DumpProcess};
 use blockbackup_core::dump_request::{
@@ -148,41 +148,22 @@ impl Agent {
         )
         .map_err(|e| e.to_string())?;
         let database = slot.database();
-        let mut record = BackupRecord {
-            backup_id: String::new(),
-            mode: BackupMode::Dump,
-            status: BackupStatus::Running,
-            parent_backup_id: None,
-            label: Some(format!("pg_dump of database {database}")),
-            timeline: timeline::current_timeline(),
-            start_lsn: current_lsn(),
-            stop_lsn: None,
-            start_time_us: now_us(),
-            end_time_us: None,
-            recovery_xid: None,
-            recovery_time_us: None,
-            files: 0,
-            bytes_read: 0,
-            bytes_written: 0,
-            compression: Compression::None,
-            block_size: pg_sys::BLCKSZ,
-            segment_blocks: pg_sys::RELSEG_SIZE,
-            wal_segment_size: unsafe { pg_sys::wal_segment_size } as u32,
-            system_identifier: server_backup::system_identifier(),
-            server_version: pg_sys::PG_VERSION_NUM,
-            tablespaces: Vec::new(),
-            error: None,
-            dump: Some(DumpDetails {
-                database,
-                format: format.as_str().to_owned(),
-                jobs: slot.jobs,
-                options: slot.options(),
-                output: format.output_name().to_owned(),
-                exit_code: None,
-                agent_id: self.id,
-            }),
-            restore_points: Vec::new(),
-        };
+        let mut record = BackupRecord::begin(
+            BackupMode::Dump,
+            server_backup::cluster_facts(timeline::current_timeline()),
+            current_lsn(),
+            now_us(),
+        );
+        record.label = Some(format!("pg_dump of database {database}"));
+        record.dump = Some(DumpDetails {
+            database,
+            format: format.as_str().to_owned(),
+            jobs: slot.jobs,
+            options: slot.options(),
+            output: format.output_name().to_owned(),
+            exit_code: None,
+            agent_id: self.id,
+        });
         let running = repo
             .create_backup(&mut record)
             .map_err(|e| e.to_string())?

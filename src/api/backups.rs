@@ -17,7 +17,7 @@ use crate::{errors, settings, shared_state};
 /// PostgreSQL counts time from 2000-01-01, the catalog from 1970-01-01.
 const POSTGRES_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
-fn timestamp(unix_us: Option<i64>) -> Option<TimestampWithTimeZone> {
+pub(super) fn timestamp(unix_us: Option<i64>) -> Option<TimestampWithTimeZone> {
     unix_us.and_then(|us| TimestampWithTimeZone::try_from(us - POSTGRES_EPOCH_OFFSET_US).ok())
 }
 

@@ -9,9 +9,6 @@ use crate::agent::agent_table::AgentSlot;
 use crate::agent::launch;
 use crate::{errors, shared_state};
 
-/// PostgreSQL counts time from 2000-01-01, the agents from 1970-01-01.
-const POSTGRES_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
-
 /// A `launch_dump_agent` / `wait_dump_agent` row: agent_id, status,
 /// exit_code, output_path, bytes, duration_ms, message, backup_id.
 type ResultRow = (
@@ -38,10 +35,9 @@ fn result_row(slot: AgentSlot) -> ResultRow {
     )
 }
 
+/// 0 stands for "not yet".
 fn timestamp(unix_us: i64) -> Option<TimestampWithTimeZone> {
-    (unix_us != 0)
-        .then(|| TimestampWithTimeZone::try_from(unix_us - POSTGRES_EPOCH_OFFSET_US).ok())
-        .flatten()
+    super::backups::timestamp(Some(unix_us).filter(|&us| us != 0))
 }
 
 #[pg_extern(volatile)]

@@ -18,6 +18,7 @@ use std::ops::ControlFlow;
 use blockbackup_core::catalog::{
     BackupMode, BackupRecord, RestorePoint, MAX_RESTORE_POINT_NAME_BYTES,
 };
+use blockbackup_core::civil_time::unix_now_us as now_us;
 use blockbackup_core::copy_pipeline::{copy_files, CopyOptions};
 use blockbackup_core::repository::{validate_backup_id, Repository};
 use blockbackup_core::Lsn;
@@ -203,10 +204,4 @@ fn install_segments(
         errors::backup_failed(format!("could not sync \"{}\": {error}", wal_dir.display()));
     }
     let _ = std::fs::remove_dir_all(staging);
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }

@@ -2,6 +2,7 @@
 //! same code serves every version (the C functions changed signature in
 //! 16), and the abort PostgreSQL needs when a backup fails half-way.
 
+use blockbackup_core::catalog::ClusterFacts;
 use blockbackup_core::Lsn;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
@@ -84,6 +85,18 @@ pub fn abort() {
 
 pub fn system_identifier() -> u64 {
     unsafe { pg_sys::GetSystemIdentifier() }
+}
+
+/// This server's facts for a backup record, on timeline `timeline`.
+pub fn cluster_facts(timeline: u32) -> ClusterFacts {
+    ClusterFacts {
+        timeline,
+        block_size: pg_sys::BLCKSZ,
+        segment_blocks: pg_sys::RELSEG_SIZE,
+        wal_segment_size: unsafe { pg_sys::wal_segment_size } as u32,
+        system_identifier: system_identifier(),
+        server_version: pg_sys::PG_VERSION_NUM,
+    }
 }
 
 /// The newest transaction id and the time the backup is consistent with,

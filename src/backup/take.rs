@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use blockbackup_core::backup_manifest::{render_manifest, ManifestFile, WalRange};
 use blockbackup_core::backup_plan::{choose_method, walk_data_directory, FileMethod, SourceFile};
@@ -19,6 +19,7 @@ use blockbackup_core::catalog::{
     BackupContents, BackupMode, BackupRecord, BackupStatus, Compression, StoredFile, StoredKind,
     TablespaceEntry,
 };
+use blockbackup_core::civil_time::unix_now_us as now_us;
 use blockbackup_core::copy_pipeline::{copy_files, CopyOptions, CopyProgress, CopyStats, CopyTask};
 use blockbackup_core::incremental_file::restored_path;
 use blockbackup_core::repository::Repository;
@@ -89,33 +90,15 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         Some(_) => (BackupMode::Incremental, parent),
         None => (BackupMode::Full, None),
     };
-    let mut record = BackupRecord {
-        backup_id: String::new(),
+    let mut record = BackupRecord::begin(
         mode,
-        status: BackupStatus::Running,
-        parent_backup_id: parent.as_ref().map(|(p, _)| p.backup_id.clone()),
-        label: request.label.clone(),
-        timeline,
+        server_backup::cluster_facts(timeline),
         start_lsn,
-        stop_lsn: None,
         start_time_us,
-        end_time_us: None,
-        recovery_xid: None,
-        recovery_time_us: None,
-        files: 0,
-        bytes_read: 0,
-        bytes_written: 0,
-        compression: request.compression,
-        block_size: pg_sys::BLCKSZ,
-        segment_blocks: pg_sys::RELSEG_SIZE,
-        wal_segment_size: unsafe { pg_sys::wal_segment_size } as u32,
-        system_identifier: server_backup::system_identifier(),
-        server_version: pg_sys::PG_VERSION_NUM,
-        tablespaces: Vec::new(),
-        error: None,
-        dump: None,
-        restore_points: Vec::new(),
-    };
+    );
+    record.parent_backup_id = parent.as_ref().map(|(p, _)| p.backup_id.clone());
+    record.label = request.label.clone();
+    record.compression = request.compression;
     repo.create_backup(&mut record)
         .unwrap_or_else(|e| errors::repository(e));
     let backup_id = record.backup_id.clone();
@@ -459,10 +442,4 @@ fn parse_tablespace_map(map: &str) -> Vec<TablespaceEntry> {
             })
         })
         .collect()
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }

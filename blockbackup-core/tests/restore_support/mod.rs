@@ -9,13 +9,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use blockbackup_core::catalog::{
-    BackupContents, BackupMode, BackupRecord, BackupStatus, Compression, StoredFile, StoredKind,
-    TablespaceEntry,
+    BackupContents, BackupMode, BackupRecord, BackupStatus, ClusterFacts, Compression, StoredFile,
+    StoredKind,
 };
 use blockbackup_core::incremental_file::{incremental_path, IncrementalHeader};
 use blockbackup_core::reconstruct::ChainMember;
 use blockbackup_core::Lsn;
 use flate2::write::GzEncoder;
+
+#[path = "../fixtures/mod.rs"]
+mod fixtures;
 
 pub const BLOCK: usize = 1024;
 
@@ -26,37 +29,22 @@ pub struct Backup {
 }
 
 pub fn record(id: &str, parent: Option<&str>, compression: Compression, lsn: u64) -> BackupRecord {
-    BackupRecord {
-        backup_id: id.to_owned(),
-        mode: if parent.is_some() {
-            BackupMode::Incremental
-        } else {
-            BackupMode::Full
-        },
-        status: BackupStatus::Done,
-        parent_backup_id: parent.map(str::to_owned),
-        label: None,
-        timeline: 1,
-        start_lsn: Lsn(lsn),
-        stop_lsn: Some(Lsn(lsn + 0x100)),
-        start_time_us: 0,
-        end_time_us: None,
-        recovery_xid: None,
-        recovery_time_us: None,
-        files: 0,
-        bytes_read: 0,
-        bytes_written: 0,
-        compression,
+    let mode = if parent.is_some() {
+        BackupMode::Incremental
+    } else {
+        BackupMode::Full
+    };
+    let facts = ClusterFacts {
         block_size: BLOCK as u32,
-        segment_blocks: 131072,
-        wal_segment_size: 16 << 20,
-        system_identifier: 1,
-        server_version: 150000,
-        tablespaces: Vec::<TablespaceEntry>::new(),
-        error: None,
-        dump: None,
-        restore_points: Vec::new(),
-    }
+        ..fixtures::cluster(1)
+    };
+    let mut record = BackupRecord::begin(mode, facts, Lsn(lsn), 0);
+    record.backup_id = id.to_owned();
+    record.status = BackupStatus::Done;
+    record.parent_backup_id = parent.map(str::to_owned);
+    record.stop_lsn = Some(Lsn(lsn + 0x100));
+    record.compression = compression;
+    record
 }
 
 /// A file of a backup: its stored path, kind and content.
