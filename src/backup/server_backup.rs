@@ -15,6 +15,8 @@ pub struct StopResult {
     pub spcmapfile: String,
 }
 
+// postmaster/bgwriter.h, not bound by pgrx; the same in the 15 and 18
+// headers, as are the CHECKPOINT_* flags used with it (from pg_sys).
 unsafe extern "C-unwind" {
     fn RequestCheckpoint(flags: std::ffi::c_int);
 }
