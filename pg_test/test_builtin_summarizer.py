@@ -65,7 +65,7 @@ def require_builtin_summarizer():
 def builtin_state(cluster):
     row = cluster.sql("SELECT summarized_tli, summarized_lsn, pending_lsn, summarizer_pid "
                       "FROM pg_get_wal_summarizer_state()")[0]
-    return int(row[0]), row[1], row[2], int(row[3])
+    return int(row[0]), row[1], row[2], int(row[3]) if row[3] else 0
 
 
 def wait_builtin_summarized(cluster, lsn, timeout=120):

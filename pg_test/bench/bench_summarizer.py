@@ -79,7 +79,7 @@ def builtin_state(cluster):
     """(summarized_lsn, pending_lsn, pid) of PostgreSQL's own summarizer."""
     row = cluster.sql("SELECT summarized_lsn, pending_lsn, summarizer_pid "
                       "FROM pg_get_wal_summarizer_state()")[0]
-    return row[0], row[1], int(row[2])
+    return row[0], row[1], int(row[2]) if row[2] else 0
 
 
 def wait_builtin_summarized(cluster, lsn):
@@ -110,15 +110,17 @@ def redo_point_of_checkpoint(cluster):
 
 
 def bench_catch_up(cluster, scale, wal_bytes_goal, builtin):
-    # Both summarizers end a summary at a checkpoint's redo point (ours on
-    # 17+; before 17 ours ends after the checkpoint record, a few bytes on).
+    # Both summarizers have summaries up to a checkpoint's redo point (ours
+    # ends one there on 17+; before 17 after the checkpoint record, a few
+    # bytes on), then are turned off: each resumes where its summaries end,
+    # and the figures cover the summaries from there to the backlog's end.
     first = redo_point_of_checkpoint(cluster)
     extension.wait_for_summary(cluster, first)
     if builtin:
         wait_builtin_summarized(cluster, first)
         set_builtin_summarize(cluster, False)
     set_summarize(cluster, False)
-    start = extension.status(cluster).summarized_lsn
+    start = first if builtin else extension.status(cluster).summarized_lsn
     pgbench(cluster, "-i", "-q", "-s", str(scale))
     while parse_lsn(cluster.current_lsn()) - parse_lsn(start) < wal_bytes_goal:
         pgbench(cluster, "-n", "-c", "2", "-j", "2", "-T", "20")
