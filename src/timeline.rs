@@ -3,7 +3,8 @@
 use blockbackup_core::{Lsn, TimelineSpan};
 use pgrx::pg_sys;
 
-/// `TimeLineHistoryEntry` of access/timeline.h, which pgrx does not bind.
+/// `TimeLineHistoryEntry` of access/timeline.h, which pgrx does not bind
+/// (the same layout in the 15 and 18 headers, as is readTimeLineHistory).
 #[repr(C)]
 struct TimeLineHistoryEntry {
     tli: pg_sys::TimeLineID,

@@ -71,9 +71,13 @@ pub fn encode_summary(header: &SummaryHeader, map: &BlockMap) -> Vec<u8> {
         out.push(rf.fork as u8);
         out.extend_from_slice(&[0; 3]);
         out.extend_from_slice(&changes.limit_block.unwrap_or(NO_LIMIT).to_le_bytes());
-        out.extend_from_slice(&(changes.blocks.serialized_size() as u32).to_le_bytes());
-        changes
-            .blocks
+        // Runs of consecutive blocks (a table scanned or rewritten whole)
+        // are stored as runs: a full 64k-block chunk takes a few bytes
+        // instead of an 8 kB bitmap. One fork is copied at a time.
+        let mut blocks = changes.blocks.clone();
+        blocks.optimize();
+        out.extend_from_slice(&(blocks.serialized_size() as u32).to_le_bytes());
+        blocks
             .serialize_into(&mut out)
             .expect("serializing into a Vec cannot fail");
     }
@@ -315,6 +319,39 @@ mod tests {
         assert_eq!(decoded_header, header);
         assert_eq!(decoded_map, map);
         assert_eq!(decoded_map.total_blocks(), map.total_blocks());
+    }
+
+    #[test]
+    fn consecutive_blocks_are_stored_as_runs() {
+        let header = SummaryHeader {
+            timeline: 1,
+            start_lsn: Lsn(0x1000),
+            end_lsn: Lsn(0x2000),
+        };
+        let mut map = BlockMap::new();
+        for block in 0..200_000 {
+            map.mark_block_modified(rel(1, ForkNumber::Main), block);
+        }
+        for block in (0..200_000).step_by(97) {
+            map.mark_block_modified(rel(2, ForkNumber::Main), block);
+        }
+        let encoded = encode_summary(&header, &map);
+        let (_, decoded) = decode_summary(&encoded).unwrap();
+        assert_eq!(decoded, map);
+        let sparse_alone = {
+            let mut m = BlockMap::new();
+            for block in (0..200_000).step_by(97) {
+                m.mark_block_modified(rel(2, ForkNumber::Main), block);
+            }
+            encode_summary(&header, &m).len()
+        };
+        // 200,000 blocks in a row take a few runs, not 4 bitmaps of 8 kB.
+        assert!(encoded.len() - sparse_alone < 200, "{}", encoded.len() - sparse_alone);
+        // What was read back still merges and truncates like any map.
+        let mut merged = decoded.clone();
+        merged.merge_later(&map);
+        merged.set_limit_block(rel(1, ForkNumber::Main), 100_000);
+        assert_eq!(merged.get(&rel(1, ForkNumber::Main)).unwrap().blocks.len(), 100_000);
     }
 
     #[test]

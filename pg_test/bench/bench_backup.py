@@ -8,7 +8,11 @@ each figure next to its peer measured in the same run on the same cluster:
     (1,639 `UPDATE pgbench_accounts ... WHERE aid = X` at scale 100): bytes
     written against changed_blocks() x 8 kB and against pgBackRest incr
     (2.45 copies changed files whole), time against the full;
-  * restore of a full + 3 incrementals against `cp -r` of the result.
+  * restore of a full + 3 incrementals against `cp -r` of the result;
+  * on PostgreSQL 17 and later (PG_BIN), with `summarize_wal = on`, each
+    incremental also against `pg_basebackup --incremental` taken right
+    after it on the same data, and the restore against `pg_combinebackup`
+    of that chain (pgBackRest 2.45 does not run on them).
 
 Usage: python3 pg_test/bench/bench_backup.py [--scale 100] [--updates 1639]
        [--dir /var/tmp] [--parallel 1] [--gzip-level 6] [--peers-only]
@@ -73,14 +77,25 @@ class Figures:
 
 # ---- peers ------------------------------------------------------------------
 
-def pg_basebackup(td, cluster, figures):
-    target = os.path.join(td.path, "basebackup")
+def pg_basebackup(td, cluster, figures, key="basebackup", parent=None, keep=False):
+    """A plain-format pg_basebackup (incremental on `parent`'s manifest when
+    given); returns its directory when kept."""
+    target = os.path.join(td.path, key)
     argv = [pg_bin("pg_basebackup"), "-D", target, "-Fp", "-X", "fetch", "-c", "fast",
             "-h", cluster.sockdir, "-p", str(cluster.port), "-U", PG_USER]
+    if parent:
+        argv.append(f"--incremental={os.path.join(parent, 'backup_manifest')}")
     secs, _ = timed(lambda: run(argv, as_postgres=True, timeout=7200))
-    figures.add("basebackup", "pg_basebackup full", shown(argv) + " (as postgres)", secs,
-                tree_bytes(target))
-    shutil.rmtree(target)
+    what = "pg_basebackup --incremental" if parent else "pg_basebackup full"
+    figures.add(key, what, shown(argv) + " (as postgres)", secs, tree_bytes(target))
+    if not keep:
+        shutil.rmtree(target)
+    return target
+
+
+def server_major():
+    out = run([pg_bin("pg_config"), "--version"]).stdout
+    return int(out.split()[1].split(".")[0])
 
 
 class PgBackRest:
@@ -130,8 +145,9 @@ class PgBackRest:
         return secs, written, shown(argv) + " (as postgres)"
 
 
-def has_pgbackrest():
-    return shutil.which("pgbackrest") is not None
+def has_pgbackrest(major):
+    """Debian's pgBackRest 2.45 supports PostgreSQL up to 15 among ours."""
+    return shutil.which("pgbackrest") is not None and major <= 15
 
 
 # ---- ours ---------------------------------------------------------------------
@@ -198,6 +214,10 @@ def main():
     tempfile.tempdir = args.dir
     settings = {"shared_buffers": "1GB", "max_wal_size": "16GB", "wal_keep_size": "16GB",
                 "checkpoint_timeout": "30min", "autovacuum": "off"}
+    major = server_major()
+    pg_incremental = major >= 17
+    if pg_incremental:
+        settings["summarize_wal"] = "on"
     figures = Figures()
     with TestDir(prefix="pgbb-bench-") as td:
         global TMP_ROOT
@@ -214,9 +234,9 @@ def main():
         cluster.sql("CHECKPOINT")
         db_bytes = int(cluster.sql_value("SELECT sum(pg_database_size(oid)) FROM pg_database"))
 
-        pg_basebackup(td, cluster, figures)
+        pg_chain = [pg_basebackup(td, cluster, figures, keep=pg_incremental)]
         rests = {}
-        if has_pgbackrest():
+        if has_pgbackrest(major):
             for compress in ("gz", "none"):
                 rests[compress] = PgBackRest(td, cluster, compress, args.gzip_level,
                                              args.parallel)
@@ -225,7 +245,7 @@ def main():
                 figures.add(f"pgbackrest_full_{compress}", f"pgBackRest full ({compress})",
                             cmd, secs, written)
         else:
-            print("# pgbackrest not installed (apt-get install -y pgbackrest): no peer rows")
+            print(f"# pgbackrest not installed or not for PostgreSQL {major}: no pgBackRest rows")
 
         if not args.peers_only:
             for compress in ("gzip", "none"):          # none last: the chain's parent
@@ -247,6 +267,9 @@ def main():
                 figures.add(f"incr_{i}", f"take_backup incremental #{i} (none)", query, secs,
                             b.bytes_written, backup=b, changed_blocks=blocks)
                 parent = b
+                if pg_incremental:
+                    pg_chain.append(pg_basebackup(td, cluster, figures, key=f"pg_incr_{i}",
+                                                  parent=pg_chain[-1], keep=True))
             target = bk.new_target(td, "restored", cluster)
             drop_caches(args.drop_caches)
             query = bk.restore_query(parent.backup_id, target.datadir)
@@ -259,6 +282,13 @@ def main():
             secs, _ = timed(lambda: run(argv, timeout=7200))
             figures.add("cp", "cp -r of the restored directory", shown(argv), secs,
                         tree_bytes(os.path.join(td.path, "restored_copy")))
+            if pg_incremental:
+                combined = os.path.join(td.path, "combined")
+                drop_caches(args.drop_caches)
+                argv = [pg_bin("pg_combinebackup"), *pg_chain, "-o", combined]
+                secs, _ = timed(lambda: run(argv, as_postgres=True, timeout=7200))
+                figures.add("combine", "pg_combinebackup of full + 3 incrementals",
+                            shown(argv) + " (as postgres)", secs, tree_bytes(combined))
         cluster.stop()
 
     report(figures.rows, args, db_bytes, changed_rows)
@@ -309,10 +339,20 @@ def report(rows, args, db_bytes, changed_rows):
                 f"time vs full {ratio(r['seconds'], rows['full_none']['seconds'])}")
         if i == 1 and "pgbackrest_incr" in rows:
             text += f"; bytes vs pgBackRest incr {ratio(r['written'], rows['pgbackrest_incr']['written'])}"
+        peer = rows.get(f"pg_incr_{i}")
+        if peer:
+            text += (f"; time vs pg_basebackup --incremental {ratio(r['seconds'], peer['seconds'])}"
+                     f", bytes {ratio(r['written'], peer['written'])}")
         line(f"incr_{i}", text)
+        line(f"pg_incr_{i}")
     if "restore" in rows:
-        line("restore", f"time vs cp -r {ratio(rows['restore']['seconds'], rows['cp']['seconds'])}")
+        text = f"time vs cp -r {ratio(rows['restore']['seconds'], rows['cp']['seconds'])}"
+        if "combine" in rows:
+            text += f"; vs pg_combinebackup {ratio(rows['restore']['seconds'], rows['combine']['seconds'])}"
+        line("restore", text)
         line("cp")
+        if "combine" in rows:
+            line("combine", f"time vs cp -r {ratio(rows['combine']['seconds'], rows['cp']['seconds'])}")
     print()
     print("$TMP is the run's temporary directory; every time is wall clock around the command "
           "(SQL through psql); `written` is bytes on disk (pg_basebackup: the directory; "

@@ -162,9 +162,9 @@ def parse_record(line):
     return (parse_lsn(m["lsn"]), m["rmgr"], m["desc"]) if m else None
 
 
-def model_from_lines(lines, start, end):
+def model_from_lines(lines, start, end, model_class=None):
     """Model the records with start <= lsn < end; returns (model, reached_end)."""
-    model = ChangeModel()
+    model = (model_class or ChangeModel)()
     for line in lines:
         record = parse_record(line)
         if record is None:
@@ -205,7 +205,7 @@ def waldump_argv(wal_dir, start, timeline):
     return [pg_bin("pg_waldump"), "-p", wal_dir, "-s", start, first, segments[-1]]
 
 
-def expected_changes(wal_dir, start, end, timeline=1, timeout=300):
+def expected_changes(wal_dir, start, end, timeline=1, timeout=300, model_class=None):
     """Run pg_waldump from `start` and model records with start LSN in [start, end).
 
     No -e is passed: pg_waldump -e hides a record that starts before the end
@@ -215,7 +215,8 @@ def expected_changes(wal_dir, start, end, timeline=1, timeout=300):
                             stderr=subprocess.PIPE, text=True, cwd="/")
     deadline = time.monotonic() + timeout
     try:
-        model, reached = model_from_lines(_bounded(proc.stdout, deadline), start_i, end_i)
+        model, reached = model_from_lines(_bounded(proc.stdout, deadline), start_i, end_i,
+                                          model_class)
     finally:
         proc.kill()
         _, stderr = proc.communicate()

@@ -16,19 +16,23 @@ pub struct StopResult {
     pub spcmapfile: String,
 }
 
+// postmaster/bgwriter.h, not bound by pgrx; the same in the 15 and 18
+// headers, as are the CHECKPOINT_* flags used with it (from pg_sys).
 unsafe extern "C-unwind" {
     fn RequestCheckpoint(flags: std::ffi::c_int);
 }
 
-/// Starts the server's backup. On a primary a checkpoint comes first: the
-/// summarizer ends a summary at every checkpoint record, so one just before
-/// the backup's own puts a summary boundary right before its start LSN
-/// (the redo point, which the summarizer cannot see coming). Without it,
-/// an incremental on this backup would also carry the blocks changed since
-/// the checkpoint before, often a whole cycle's worth.
+/// Starts the server's backup. Before PostgreSQL 17, on a primary, a
+/// checkpoint comes first: the summarizer ends a summary at every
+/// checkpoint record, so one just before the backup's own puts a summary
+/// boundary right before its start LSN (the redo point, which the
+/// summarizer cannot see coming there). Without it, an incremental on this
+/// backup would also carry the blocks changed since the checkpoint before,
+/// often a whole cycle's worth. From 17 on the redo point is a record and
+/// a summary boundary of its own.
 pub fn start(label: &str, fast: bool) -> Lsn {
     unsafe {
-        if !pg_sys::RecoveryInProgress() {
+        if !pg_sys::RecoveryInProgress() && !crate::summarizer::BOUNDARY_AT_REDO_POINT {
             let speed = if fast {
                 pg_sys::CHECKPOINT_IMMEDIATE
             } else {

@@ -7,7 +7,8 @@
 //! truncated or dropped (see `record_summary`). Summaries tile the WAL
 //! without overlap: each starts where the previous one ended, so after any
 //! crash the worker simply resumes at the end of the last durable summary
-//! (see `start_point`). A summary is cut at a checkpoint, at the end of
+//! (see `start_point`). A summary is cut at a checkpoint (at its redo
+//! point from PostgreSQL 17 on, after its record before), at the end of
 //! recovery, at a timeline switch, when the block map outgrows
 //! `blockbackup.summarizer_max_memory`, and when a backend waits for one.
 //! WAL that could not be summarized is recorded as a gap, so that every
@@ -32,6 +33,11 @@ use crate::settings;
 use crate::shared_state;
 
 pub use slot::current_restart_lsn as slot_restart_lsn;
+
+/// Whether every checkpoint's redo point is a summary boundary: from 17 on
+/// the redo point is a WAL record, and a summary ends right before it.
+/// Before 17 a summary ends after each checkpoint record instead.
+pub const BOUNDARY_AT_REDO_POINT: bool = record_layout::XLOG_CHECKPOINT_REDO.is_some();
 
 pub const WORKER_TYPE: &str = "pg_blockbackup summarizer";
 

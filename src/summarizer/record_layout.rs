@@ -6,6 +6,8 @@
 //! * 13 and 14 have one database-create record; 15 added the WAL_LOG
 //!   strategy and renumbered the codes.
 //! * 16 renamed RelFileNode to RelFileLocator; the layout did not change.
+//! * 17 logs the redo point of an online checkpoint as a record of its own,
+//!   XLOG_CHECKPOINT_REDO, which starts exactly at the redo LSN.
 
 use pgrx::pg_sys;
 
@@ -18,6 +20,11 @@ pub const XLOG_CHECKPOINT_SHUTDOWN: u8 = pg_sys::XLOG_CHECKPOINT_SHUTDOWN as u8;
 pub const XLOG_CHECKPOINT_ONLINE: u8 = pg_sys::XLOG_CHECKPOINT_ONLINE as u8;
 pub const XLOG_END_OF_RECOVERY: u8 = pg_sys::XLOG_END_OF_RECOVERY as u8;
 pub const XLOG_PARAMETER_CHANGE: u8 = pg_sys::XLOG_PARAMETER_CHANGE as u8;
+
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+pub const XLOG_CHECKPOINT_REDO: Option<u8> = Some(pg_sys::XLOG_CHECKPOINT_REDO as u8);
+#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+pub const XLOG_CHECKPOINT_REDO: Option<u8> = None;
 
 pub const XLOG_SMGR_CREATE: u8 = 0x10;
 pub const XLOG_SMGR_TRUNCATE: u8 = 0x20;

@@ -17,12 +17,29 @@ use super::record_layout::{self as layout, RelationLocator};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Boundary {
     None,
-    /// A checkpoint or the end of recovery: end the summary after it.
+    /// A checkpoint (before 17) or the end of recovery: end the summary
+    /// after it.
     EndSummaryAfter,
     /// wal_level dropped below replica: pages may now change without WAL.
     WalLevelMinimal,
     /// wal_level is back at replica or above.
     WalLevelReplica,
+}
+
+/// Whether a summary must end right before the record the reader just
+/// decoded: at a redo point that is a record of its own (17 and later), so
+/// that a summary boundary falls exactly at every checkpoint's redo LSN,
+/// where backups start. Before 17 the redo point is no record and summaries
+/// end after the checkpoint record instead (see `xlog_boundary`).
+///
+/// # Safety
+/// `reader` must hold a successfully decoded record.
+pub unsafe fn ends_summary_before(reader: *mut pg_sys::XLogReaderState) -> bool {
+    let Some(redo) = layout::XLOG_CHECKPOINT_REDO else {
+        return false;
+    };
+    let header = unsafe { &(*(*reader).record).header };
+    header.xl_rmid == layout::RM_XLOG_ID && header.xl_info & !(pg_sys::XLR_INFO_MASK as u8) == redo
 }
 
 /// Folds the record the reader just decoded into `map`.
@@ -178,9 +195,13 @@ fn summarize_database(info: u8, data: &[u8], map: &mut BlockMap) {
 
 fn xlog_boundary(info: u8, data: &[u8]) -> Boundary {
     match info {
-        layout::XLOG_CHECKPOINT_SHUTDOWN
-        | layout::XLOG_CHECKPOINT_ONLINE
-        | layout::XLOG_END_OF_RECOVERY => Boundary::EndSummaryAfter,
+        layout::XLOG_CHECKPOINT_SHUTDOWN | layout::XLOG_END_OF_RECOVERY => {
+            Boundary::EndSummaryAfter
+        }
+        // From 17 on, the summary ended at this checkpoint's redo record.
+        layout::XLOG_CHECKPOINT_ONLINE if layout::XLOG_CHECKPOINT_REDO.is_none() => {
+            Boundary::EndSummaryAfter
+        }
         layout::XLOG_PARAMETER_CHANGE => {
             match layout::read_u32(data, layout::PARAMETER_CHANGE_WAL_LEVEL_OFFSET) {
                 Some(level) if level < pg_sys::WalLevel::WAL_LEVEL_REPLICA => {

@@ -12,7 +12,7 @@ use blockbackup_core::{
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::record_summary::{summarize_record, Boundary};
+use super::record_summary::{ends_summary_before, summarize_record, Boundary};
 use super::wal_reader::{NextRecord, WalReader};
 use super::{handle_interrupts, slot, start_point, wait_for_event};
 use crate::shared_state::{self, SummarizerShared};
@@ -139,6 +139,9 @@ impl Summarizer {
                 self.timeline = next_timeline;
                 self.timeline_end = self.end_of(next_timeline);
             }
+        }
+        if unsafe { ends_summary_before(self.reader.raw()) } {
+            self.write_summary(start);
         }
         let boundary = unsafe { summarize_record(self.reader.raw(), &mut self.map) };
         self.read_to = end;

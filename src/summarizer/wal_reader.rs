@@ -10,7 +10,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 // The page-read callbacks are handed to C code, so we need the server's own
-// symbols, not pgrx's guarded Rust wrappers of them.
+// symbols, not pgrx's guarded Rust wrappers of them (access/xlogutils.h;
+// the same signatures in the 15 and 18 headers).
 unsafe extern "C-unwind" {
     fn read_local_xlog_page_no_wait(
         state: *mut pg_sys::XLogReaderState,
