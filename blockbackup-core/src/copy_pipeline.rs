@@ -15,9 +15,12 @@
 //!
 //! Each file is streamed in bounded chunks, its CRC-32C computed over the
 //! content (the uncompressed bytes, which is what restore checks after
-//! decompressing), optionally gzip-compressed, written and fsync'ed. The
-//! directories holding the files are fsync'ed at the end, in parallel too,
-//! so that the new directory entries survive a crash as well.
+//! decompressing), optionally gzip-compressed and written, and the kernel
+//! is asked to start writing it back at once. When every file is written,
+//! every file is fsync'ed, then the directories holding them, in parallel
+//! too, so that the files and their directory entries survive a crash. (As
+//! PostgreSQL's own fsync of a data directory: a thousand small files
+//! fsync'ed one by one as they are written cost a disk round trip each.)
 //!
 //! Files change while they are copied, and that is fine: WAL replay from
 //! the backup's start repairs any torn or stale block. So a file that
@@ -189,6 +192,28 @@ pub fn copy_files(
                 stored.push(file);
             }
         },
+        poll,
+    )?;
+
+    // Make the files durable: most of their data is on its way already.
+    let written: Vec<PathBuf> = stored
+        .iter()
+        .map(|file| {
+            options
+                .dest_dir
+                .join(stored_name(&file.path, options.compression))
+        })
+        .collect();
+    run_pool(
+        &written,
+        options.threads,
+        &progress,
+        |path, _| {
+            File::open(path)
+                .and_then(|handle| handle.sync_all())
+                .map_err(write_error(path))
+        },
+        |()| {},
         poll,
     )?;
 
@@ -514,14 +539,28 @@ impl Sink {
         }
     }
 
-    /// Flushes everything to disk and returns the file's size.
+    /// Writes everything out, starts its writeback and returns the file's
+    /// size; `copy_files` fsyncs the file once all are written.
     fn finish(self) -> io::Result<u64> {
         let buffered = match self {
             Sink::Plain(writer) => writer,
             Sink::Gzip(writer) => writer.finish()?,
         };
         let file = buffered.into_inner().map_err(|error| error.into_error())?;
-        file.sync_all()?;
+        start_writeback(&file);
         Ok(file.metadata()?.len())
     }
 }
+
+/// Asks the kernel to start writing the file's dirty pages now, without
+/// waiting for them, so that the fsync that follows finds the work done.
+/// Only a hint: an error here shows again in that fsync.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; the call only reads its arguments.
+    unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File) {}
