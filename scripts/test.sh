@@ -44,7 +44,7 @@ for v in $PGBB_PG_VERSIONS; do
     if [[ $counts =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed(,\ ([0-9]+)\ skipped)?$ ]]; then
         passed=$((passed + BASH_REMATCH[1]))
         failed=$((failed + BASH_REMATCH[2]))
-        skipped=$((skipped + ${BASH_REMATCH[3]:-0}))
+        skipped=$((skipped + ${BASH_REMATCH[4]:-0}))
     else
         echo "pg_test/run.py on PostgreSQL $v ended without its counts" >&2
         failed=$((failed + 1))
