@@ -92,8 +92,10 @@ mod tests {
             return;
         }
         wait_for_worker();
-        Spi::run("CREATE TABLE bb_redo(i int); INSERT INTO bb_redo SELECT generate_series(1, 1000)")
-            .expect("workload");
+        Spi::run(
+            "CREATE TABLE bb_redo(i int); INSERT INTO bb_redo SELECT generate_series(1, 1000)",
+        )
+        .expect("workload");
         Spi::run("CHECKPOINT").expect("checkpoint");
         Spi::run("INSERT INTO bb_redo SELECT generate_series(1, 1000)").expect("workload");
         let redo = Spi::get_one::<String>("SELECT redo_lsn::text FROM pg_control_checkpoint()")
@@ -108,7 +110,11 @@ mod tests {
                 AND EXISTS (SELECT 1 FROM blockbackup.summaries() WHERE start_lsn = '{redo}')"
         ))
         .expect("summaries");
-        assert_eq!(ends_there, Some(true), "no summary boundary at the redo point {redo}");
+        assert_eq!(
+            ends_there,
+            Some(true),
+            "no summary boundary at the redo point {redo}"
+        );
     }
 
     #[pg_test(

@@ -204,31 +204,18 @@ pub fn copy_files(
                 .join(stored_name(&file.path, options.compression))
         })
         .collect();
-    run_pool(
-        &written,
-        options.threads,
-        &progress,
-        |path, _| {
-            File::open(path)
-                .and_then(|handle| handle.sync_all())
-                .map_err(write_error(path))
-        },
-        |()| {},
-        poll,
-    )?;
+    sync_all(&written, options.threads, &progress, poll)?;
 
     // The files are durable; now their directory entries, up to the
     // backup directory that holds the image.
     let mut directories = BTreeSet::new();
-    for file in &stored {
-        let mut current = options
-            .dest_dir
-            .join(stored_name(&file.path, options.compression));
+    for path in &written {
+        let mut current = path.as_path();
         while let Some(parent) = current.parent() {
             if !directories.insert(parent.to_owned()) || parent == options.dest_dir {
                 break;
             }
-            current = parent.to_owned();
+            current = parent;
         }
     }
     directories.insert(options.dest_dir.clone());
@@ -236,18 +223,7 @@ pub fn copy_files(
         directories.insert(parent.to_owned());
     }
     let directories: Vec<PathBuf> = directories.into_iter().collect();
-    run_pool(
-        &directories,
-        options.threads,
-        &progress,
-        |dir, _| {
-            File::open(dir)
-                .and_then(|handle| handle.sync_all())
-                .map_err(write_error(dir))
-        },
-        |()| {},
-        poll,
-    )?;
+    sync_all(&directories, options.threads, &progress, poll)?;
     if poll(&progress.snapshot()).is_break() {
         return Err(CopyError::Cancelled);
     }
@@ -272,6 +248,27 @@ impl SharedProgress {
             bytes_done: self.bytes_done.load(Ordering::Relaxed),
         }
     }
+}
+
+/// fsyncs every file or directory of `paths`, on `threads` threads.
+fn sync_all(
+    paths: &[PathBuf],
+    threads: usize,
+    progress: &SharedProgress,
+    poll: &mut dyn FnMut(&CopyProgress) -> ControlFlow<()>,
+) -> Result<(), CopyError> {
+    run_pool(
+        paths,
+        threads,
+        progress,
+        |path, _| {
+            File::open(path)
+                .and_then(|handle| handle.sync_all())
+                .map_err(write_error(path))
+        },
+        |()| {},
+        poll,
+    )
 }
 
 /// Runs `work` over `items` on `threads` scoped threads, in order of the

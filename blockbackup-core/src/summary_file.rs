@@ -346,12 +346,19 @@ mod tests {
             encode_summary(&header, &m).len()
         };
         // 200,000 blocks in a row take a few runs, not 4 bitmaps of 8 kB.
-        assert!(encoded.len() - sparse_alone < 200, "{}", encoded.len() - sparse_alone);
+        assert!(
+            encoded.len() - sparse_alone < 200,
+            "{}",
+            encoded.len() - sparse_alone
+        );
         // What was read back still merges and truncates like any map.
         let mut merged = decoded.clone();
         merged.merge_later(&map);
         merged.set_limit_block(rel(1, ForkNumber::Main), 100_000);
-        assert_eq!(merged.get(&rel(1, ForkNumber::Main)).unwrap().blocks.len(), 100_000);
+        assert_eq!(
+            merged.get(&rel(1, ForkNumber::Main)).unwrap().blocks.len(),
+            100_000
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use blockbackup_core::catalog::{BackupRecord, BackupStatus, Compression};
-use blockbackup_core::repository::{delete_plan, expire_plan, validate_backup_id, ExpireAction};
+use blockbackup_core::repository::{delete_plan, expire_plan, validate_backup_id};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
@@ -239,11 +239,7 @@ fn expire_backups(
     for (id, action) in plan {
         repo.remove_backup(&id)
             .unwrap_or_else(|e| errors::repository(e));
-        let action = match action {
-            ExpireAction::Deleted => "deleted",
-            ExpireAction::DeletedFailed => "deleted (failed backup)",
-        };
-        rows.push((id, action.to_string()));
+        rows.push((id, action.as_str().to_string()));
     }
     TableIterator::new(rows)
 }
