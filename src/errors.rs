@@ -39,6 +39,45 @@ pub fn summarization_disabled() -> ! {
     )
 }
 
+/// The same rule for every function: a NULL where a value is needed is
+/// 22004, naming the argument.
+pub fn null_argument(name: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        format!("argument {name} must not be NULL"),
+        None,
+        Some("Pass a value, or leave the argument out to get its default."),
+    )
+}
+
+/// The value of an argument that must not be NULL.
+pub fn required<T>(value: Option<T>, name: &str) -> T {
+    value.unwrap_or_else(|| null_argument(name))
+}
+
+/// A role lacks EXECUTE on a server function a backup calls.
+pub fn missing_privilege(function: &str, what: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!("permission denied to {what}: the current role may not execute {function}"),
+        None,
+        Some(&format!(
+            "A superuser can GRANT EXECUTE ON FUNCTION {function} TO the backup role (see the README's security section)."
+        )),
+    )
+}
+
+/// A role without superuser rights restoring while
+/// blockbackup.restore_directory is unset.
+pub fn restore_directory_unset() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        "only a superuser can restore while blockbackup.restore_directory is unset".into(),
+        Some("Restores are written with the server's OS user; a superuser chooses where.".into()),
+        Some("A superuser can ALTER SYSTEM SET blockbackup.restore_directory = '/srv/restores'; SELECT pg_reload_conf();"),
+    )
+}
+
 pub fn invalid_argument(message: String, hint: &str) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -156,6 +195,19 @@ pub fn backup_copy(error: CopyError) -> ! {
 const BACKUP_FAILED_HINT: &str =
     "The backup is marked ERROR and earlier backups are untouched; fix the cause and take the backup again.";
 
+/// The WAL written during a backup approaches max_slot_wal_keep_size.
+pub fn backup_needs_more_wal(held: u64) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+        format!(
+            "backup failed: it needs the {} MB of WAL written since it started, which is more than max_slot_wal_keep_size keeps",
+            held / (1024 * 1024)
+        ),
+        Some("A checkpoint would remove that WAL and invalidate the backup's replication slot.".into()),
+        Some("Raise max_slot_wal_keep_size, or take the backup when less WAL is written (the backup is marked ERROR)."),
+    )
+}
+
 pub fn session_backup_running() -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -194,6 +246,10 @@ pub fn repository(error: RepositoryError) -> ! {
             (PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "SELECT backup_id FROM blockbackup.backups(); lists them.")
         }
         E::Busy { .. } => (PgSqlErrorCode::ERRCODE_OBJECT_IN_USE, "Wait until the other backup or deletion ends."),
+        E::BeingRestored { .. } => (
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            "Wait until restore_backup (or the offline restore) that reads it has ended.",
+        ),
         E::HasChildren { .. } => (
             PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             "Pass cascade => true to delete the backups that depend on it too.",
@@ -228,24 +284,51 @@ pub fn repository(error: RepositoryError) -> ! {
 }
 
 pub fn restore(error: RestoreError) -> ! {
+    use blockbackup_core::restore_target::DestinationError as D;
     use RestoreError as E;
-    let code = match &error {
-        E::TargetNotEmpty { .. }
-        | E::BadTablespaceMapping { .. }
-        | E::RecoveryTargetBeforeConsistency { .. }
+    let (code, hint) = match &error {
+        E::Destination(D::OutsideConfinement { .. }) => (
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "Restore into a new directory under blockbackup.restore_directory, or ask a superuser to restore.",
+        ),
+        E::Destination(_) => (
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "Restore into a new, empty directory of its own, apart from the running cluster's files and the repository.",
+        ),
+        E::TargetNotEmpty { .. } | E::BadTablespaceMapping { .. } => (
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "Restore into a new, empty directory of its own.",
+        ),
+        E::RecoveryTargetBeforeConsistency { .. }
         | E::UnknownRestorePoint { .. }
-        | E::TwoRecoveryTargets => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-        E::Io { source, .. } if is_disk_full(source) => PgSqlErrorCode::ERRCODE_DISK_FULL,
-        E::Io { .. } => PgSqlErrorCode::ERRCODE_IO_ERROR,
-        E::Cancelled => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
-        _ => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+        | E::TwoRecoveryTargets
+        | E::TargetUnreachable { .. }
+        | E::UnwritableSetting { .. } => (
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "Nothing was written. blockbackup.backups() and restore_points() show what each backup reaches.",
+        ),
+        E::InterruptedRestore { .. } => (
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "A restore into that directory was cut off (the server stopped, the machine failed); what it holds is incomplete and cannot start. Remove it and restore again.",
+        ),
+        E::Io { source, .. } if is_disk_full(source) => (
+            PgSqlErrorCode::ERRCODE_DISK_FULL,
+            "Nothing usable was left in the target; free space where it goes and restore again.",
+        ),
+        E::Io { .. } => (
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            "Nothing usable was left in the target; check the permissions and the disk.",
+        ),
+        E::Cancelled => (
+            PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            "What the restore had written was removed.",
+        ),
+        _ => (
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            "Nothing usable was left in the target; validate the backups with blockbackup.validate_backup().",
+        ),
     };
-    raise(
-        code,
-        format!("restore failed: {error}"),
-        None,
-        Some("Nothing usable was left in the target; validate the backups with blockbackup.validate_backup()."),
-    )
+    raise(code, format!("restore failed: {error}"), None, Some(hint))
 }
 
 pub fn dump_request(error: DumpRequestError) -> ! {

@@ -11,6 +11,7 @@ mod agent;
 mod api;
 mod backup;
 mod errors;
+mod read_only_sql;
 mod replication_slot;
 mod server_paths;
 mod server_tests;

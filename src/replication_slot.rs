@@ -23,6 +23,93 @@ pub fn create_reserving_wal(
     }
 }
 
+/// Creates a temporary slot (acquired by this process) that holds the WAL
+/// from `lsn` on, the start of a backup that `pg_backup_start` just began;
+/// false (and no slot) if that WAL is gone already. PostgreSQL's own
+/// reservation starts a physical slot at the last redo point and before
+/// the backup's checkpoint: with more WAL since then than
+/// `max_slot_wal_keep_size`, that very checkpoint invalidates the slot and
+/// terminates this session. Reserved after it, from its redo point, the
+/// slot holds nothing older than the backup needs; the checkpoint kept the
+/// segment of its own redo point, which is checked once the slot counts.
+pub fn create_holding_wal_from(name: &std::ffi::CStr, lsn: Lsn) -> bool {
+    unsafe {
+        create_slot(name, RS_TEMPORARY);
+        let slot = pg_sys::MyReplicationSlot;
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        (*slot).data.restart_lsn = lsn.0;
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        pg_sys::ReplicationSlotMarkDirty();
+        pg_sys::ReplicationSlotsComputeRequiredLSN();
+        let segment_size = pg_sys::wal_segment_size as u64;
+        if pg_sys::XLogGetLastRemovedSegno() >= lsn.0 / segment_size {
+            release_and_drop(name);
+            return false;
+        }
+        true
+    }
+}
+
+/// What the slot this process holds keeps: the bytes and whole segments
+/// from its restart_lsn to the current insert (on a standby, replay)
+/// position, and whether the server invalidated it.
+pub struct HeldWal {
+    pub bytes: u64,
+    pub segments_behind: u64,
+    pub invalidated: bool,
+}
+
+pub fn held_wal() -> Option<HeldWal> {
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        if slot.is_null() {
+            return None;
+        }
+        let restart = restart_lsn(slot);
+        let invalidated = is_invalidated(&*slot);
+        let now = if pg_sys::RecoveryInProgress() {
+            pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut())
+        } else {
+            pg_sys::GetXLogInsertRecPtr()
+        };
+        let segment = pg_sys::wal_segment_size as u64;
+        Some(HeldWal {
+            bytes: now.saturating_sub(restart.0),
+            segments_behind: (now / segment).saturating_sub(restart.0 / segment),
+            invalidated,
+        })
+    }
+}
+
+/// `max_slot_wal_keep_size` in whole WAL segments, as PostgreSQL counts
+/// it, None when unlimited: a checkpoint invalidates a slot whose restart
+/// segment is more than that many segments behind its own.
+pub fn max_slot_wal_keep_segments() -> Option<u64> {
+    let megabytes = unsafe { pg_sys::max_slot_wal_keep_size_mb };
+    let segment_mb = (unsafe { pg_sys::wal_segment_size } as u64 / (1024 * 1024)).max(1);
+    u64::try_from(megabytes).ok().map(|mb| mb / segment_mb)
+}
+
+/// Moves the restart_lsn of the slot this process holds forward to `lsn`.
+pub fn advance_held(lsn: Lsn) {
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        if slot.is_null() {
+            return;
+        }
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        let moved = (*slot).data.restart_lsn < lsn.0;
+        if moved {
+            (*slot).data.restart_lsn = lsn.0;
+        }
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        if moved {
+            pg_sys::ReplicationSlotMarkDirty();
+            pg_sys::ReplicationSlotsComputeRequiredLSN();
+        }
+    }
+}
+
 /// Releases the slot this process holds and drops it.
 pub fn release_and_drop(name: &std::ffi::CStr) {
     unsafe {

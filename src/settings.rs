@@ -2,7 +2,8 @@
 
 use std::ffi::CString;
 
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use blockbackup_core::catalog::Compression;
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 
 /// Summarize WAL in the background worker; off stops the worker's reading
 /// and releases the WAL it held.
@@ -18,9 +19,34 @@ pub static SUMMARIZER_MAX_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(64
 /// backups are written there with the server's privileges.
 pub static REPOSITORY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// Default compression of take_backup: `none` or `gzip`.
-pub static COMPRESSION: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"none"));
+/// Where restores of roles without superuser rights must go; unset, they
+/// cannot restore at all (only a superuser chooses where the server's OS
+/// user writes).
+pub static RESTORE_DIRECTORY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+
+/// The values `blockbackup.compression` takes; the server refuses others
+/// when the setting is made, listing these.
+#[derive(PostgresGucEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompressionSetting {
+    #[name = c"none"]
+    None,
+    #[name = c"gzip"]
+    Gzip,
+}
+
+impl CompressionSetting {
+    pub fn compression(self) -> Compression {
+        match self {
+            CompressionSetting::None => Compression::None,
+            CompressionSetting::Gzip => Compression::Gzip,
+        }
+    }
+}
+
+/// Default compression of take_backup.
+pub static COMPRESSION: GucSetting<CompressionSetting> =
+    GucSetting::<CompressionSetting>::new(CompressionSetting::None);
 
 /// Default number of copy threads of take_backup and restore_backup.
 pub static PARALLEL: GucSetting<i32> = GucSetting::<i32>::new(1);
@@ -63,6 +89,14 @@ pub fn register() {
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
+        c"blockbackup.restore_directory",
+        c"Directory under which restore_backup targets of roles without superuser rights must lie.",
+        c"Unset, only superusers can restore from SQL.",
+        &RESTORE_DIRECTORY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
         c"blockbackup.compression",
         c"Compression of stored backup files: none or gzip.",
         c"",

@@ -15,9 +15,11 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use blockbackup_core::catalog::{BackupRecord, BackupStatus};
+use blockbackup_core::catalog::BackupStatus;
 use blockbackup_core::reconstruct::{chain_members, restore, RestoreOptions};
 use blockbackup_core::repository::{validate_backup_id, Repository};
+use blockbackup_core::restore_target::{DestinationRules, ForbiddenPlace};
+use blockbackup_core::upkeep;
 use blockbackup_core::Lsn;
 
 const USAGE: &str = "usage:
@@ -86,7 +88,8 @@ fn list(repo: &Repository) -> Result<(), String> {
         "{:<22} {:<11} {:<8} {:<22} {:>4} {:>14} {:>14} {:>14}",
         "backup_id", "mode", "status", "parent", "tli", "start_lsn", "stop_lsn", "bytes_written"
     );
-    for r in repo.list().map_err(|e| e.to_string())? {
+    let catalog = repo.list().map_err(|e| e.to_string())?;
+    for r in &catalog.records {
         println!(
             "{:<22} {:<11} {:<8} {:<22} {:>4} {:>14} {:>14} {:>14}",
             r.backup_id,
@@ -99,40 +102,47 @@ fn list(repo: &Repository) -> Result<(), String> {
             r.bytes_written
         );
     }
+    for entry in &catalog.damaged {
+        println!(
+            "{:<22} {:<11} {:<8} {}",
+            entry.backup_id, "-", "CORRUPT", entry.problem
+        );
+    }
     Ok(())
 }
 
 fn validate(repo: &Repository, id: Option<&str>) -> Result<(), String> {
-    let _lock = repo.lock().map_err(|e| e.to_string())?;
-    let records: Vec<BackupRecord> = match id {
-        Some(id) => {
-            validate_backup_id(id).map_err(|e| e.to_string())?;
-            vec![repo.read_record(id).map_err(|e| e.to_string())?]
-        }
-        None => repo.list().map_err(|e| e.to_string())?,
-    };
-    let mut corrupt = 0;
-    for record in records
-        .into_iter()
-        .filter(|r| r.status != BackupStatus::Running)
-    {
-        let (record, report) = repo
-            .validate_and_record(record)
-            .map_err(|e| e.to_string())?;
+    let lock = repo.lock().map_err(|e| e.to_string())?;
+    let (rows, warnings) = upkeep::validate(repo, &lock, id).map_err(|e| e.to_string())?;
+    for warning in warnings {
+        eprintln!("pg_blockbackup: warning: {warning}");
+    }
+    let mut failed = 0;
+    for row in &rows {
+        let report = &row.report;
         println!(
             "{} {}: {} files, {} bytes checked",
-            record.backup_id,
-            record.status.as_str(),
+            row.backup_id,
+            row.status.as_str(),
             report.files_checked,
             report.bytes_checked
         );
         for error in &report.errors {
             println!("  {error}");
         }
-        corrupt += usize::from(!report.errors.is_empty());
+        for problem in &report.unchecked {
+            println!("  not checked: {problem}");
+        }
+        if let Some(why) = &row.not_recorded {
+            eprintln!(
+                "pg_blockbackup: warning: the status of {} could not be recorded: {why}",
+                row.backup_id
+            );
+        }
+        failed += usize::from(row.status != BackupStatus::Ok);
     }
-    if corrupt > 0 {
-        return Err(format!("{corrupt} backup(s) failed validation"));
+    if failed > 0 {
+        return Err(format!("{failed} backup(s) are not OK"));
     }
     Ok(())
 }
@@ -144,16 +154,21 @@ fn restore_backup(
     options: &[(String, String)],
 ) -> Result<(), String> {
     validate_backup_id(id).map_err(|e| e.to_string())?;
+    // The same rules as restore_backup(): never into the repository
+    // (which holds the backups; a directory in it would look like a broken
+    // backup), always into an absolute, new or empty directory.
+    let rules = DestinationRules {
+        forbidden: vec![ForbiddenPlace::new(repo.root(), "the repository")],
+        confined_to: None,
+    };
     let mut restore_options = RestoreOptions {
         target: PathBuf::from(target),
         tablespace_mapping: Vec::new(),
         recovery_target_lsn: None,
         recovery_target_name: None,
         threads: 1,
+        rules,
     };
-    if !restore_options.target.is_absolute() {
-        return Err(format!("TARGET_DIR must be an absolute path, got {target}"));
-    }
     for (flag, value) in options {
         match flag.as_str() {
             "--tablespace-mapping" => {
@@ -183,7 +198,8 @@ fn restore_backup(
             }
         }
     }
-    let (records, contents) = repo.load_chain(id).map_err(|e| e.to_string())?;
+    let (records, contents, _reading) =
+        repo.load_chain_for_restore(id).map_err(|e| e.to_string())?;
     let chain = chain_members(repo, &records, &contents);
     let stats = restore(&chain, &restore_options, &mut |_| ControlFlow::Continue(()))
         .map_err(|e| e.to_string())?;

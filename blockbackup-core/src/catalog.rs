@@ -8,6 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lsn::Lsn;
+use crate::page_checksum::PageChecksumFailure;
+
+/// How many failed pages a record lists (it counts all of them).
+pub const MAX_LISTED_CHECKSUM_FAILURES: usize = 100;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,6 +128,16 @@ pub struct BackupRecord {
     /// holds too, so that it can be restored to any of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restore_points: Vec<RestorePoint>,
+    /// Pages whose checksum failed when the backup read them: how many in
+    /// all, and the first [`MAX_LISTED_CHECKSUM_FAILURES`] of them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub checksum_failures: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checksum_failure_pages: Vec<PageChecksumFailure>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// A restore point (`pg_create_restore_point`) reachable from a backup.
@@ -152,6 +166,28 @@ pub struct ClusterFacts {
 }
 
 impl BackupRecord {
+    /// Records page checksum failures the copy found.
+    pub fn add_checksum_failures(&mut self, failures: &[PageChecksumFailure]) {
+        self.checksum_failures += failures.len() as u64;
+        let room = MAX_LISTED_CHECKSUM_FAILURES.saturating_sub(self.checksum_failure_pages.len());
+        self.checksum_failure_pages
+            .extend(failures.iter().take(room).cloned());
+    }
+
+    /// The furthest LSN the WAL this backup holds is known to reach: its
+    /// stop LSN (pg_backup_stop switched to a new segment there, so a
+    /// record starts at it), or its newest restore point, whose WAL was
+    /// stored up to a segment switch after it.
+    pub fn wal_reach(&self) -> Option<Lsn> {
+        let stop = self.stop_lsn?;
+        Some(
+            self.restore_points
+                .iter()
+                .map(|point| point.lsn)
+                .fold(stop, std::cmp::max),
+        )
+    }
+
     /// A RUNNING record with no id yet (`Repository::create_backup` gives
     /// it one), no parent, nothing copied and no compression.
     pub fn begin(
@@ -186,6 +222,8 @@ impl BackupRecord {
             error: None,
             dump: None,
             restore_points: Vec::new(),
+            checksum_failures: 0,
+            checksum_failure_pages: Vec::new(),
         }
     }
 }

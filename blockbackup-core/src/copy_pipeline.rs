@@ -29,13 +29,19 @@
 //! shrank, and a block an incremental file needs that lies past the end of
 //! the file (the relation was truncated meanwhile) is stored as zeros.
 //!
+//! With `page_checks` set (the cluster has data checksums), every page of
+//! a relation file that is read is checked as it passes
+//! ([`crate::page_checksum`]); a page that fails twice is reported with its
+//! file and block, and copied as it is: the backup holds what the disk
+//! held, and the report says what was wrong with it.
+//!
 //! Any real error (disk full, permission denied) stops the copy; the file
 //! being written is removed, and the error names it. The caller marks the
 //! backup ERROR anyway, so finished files are left for its removal.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -50,6 +56,8 @@ use thiserror::Error;
 use crate::backup_plan::FileMethod;
 use crate::catalog::{Compression, StoredFile, StoredKind};
 use crate::incremental_file::{incremental_path, IncrementalHeader};
+use crate::lsn::Lsn;
+use crate::page_checksum::{check_page, relation_segment, PageCheck, PageChecksumFailure};
 use crate::safe_path::safe_relative_path;
 
 /// Bytes read or written at a time; also how often a worker looks at the
@@ -83,6 +91,18 @@ pub struct CopyOptions {
     pub gzip_level: u32,
     /// Worker threads; 0 is taken as 1.
     pub threads: usize,
+    /// Check page checksums of relation files as they are read.
+    pub page_checks: Option<PageChecks>,
+}
+
+/// How to check the pages of a cluster with data checksums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageChecks {
+    /// Pages at or past it are not checked (see `page_checksum`).
+    pub start_lsn: Lsn,
+    pub block_size: u32,
+    /// Blocks per relation segment file, to number blocks across segments.
+    pub segment_blocks: u32,
 }
 
 /// What `poll` is shown. Byte counts are of source data; `bytes_total` is
@@ -95,12 +115,14 @@ pub struct CopyProgress {
     pub bytes_done: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CopyStats {
     /// Bytes read from the sources.
     pub bytes_read: u64,
     /// Bytes written to the repository (after compression).
     pub bytes_written: u64,
+    /// Pages whose checksum failed (twice), by path and block.
+    pub page_checksum_failures: Vec<PageChecksumFailure>,
 }
 
 #[derive(Debug, Error)]
@@ -186,9 +208,20 @@ pub fn copy_files(
         |task, stop| copy_one(task, options, &progress, stop),
         |copied| {
             progress.files_done.fetch_add(1, Ordering::Relaxed);
-            if let Some((file, bytes_read)) = copied {
-                stats.bytes_read += bytes_read;
+            if let Some((file, copied)) = copied {
+                stats.bytes_read += copied.bytes_read;
                 stats.bytes_written += file.stored_size;
+                stats
+                    .page_checksum_failures
+                    .extend(
+                        copied
+                            .bad_blocks
+                            .into_iter()
+                            .map(|block| PageChecksumFailure {
+                                path: copied.path.clone(),
+                                block,
+                            }),
+                    );
                 stored.push(file);
             }
         },
@@ -228,6 +261,9 @@ pub fn copy_files(
         return Err(CopyError::Cancelled);
     }
     stored.sort_by(|a, b| a.path.cmp(&b.path));
+    stats
+        .page_checksum_failures
+        .sort_by(|a, b| (&a.path, a.block).cmp(&(&b.path, b.block)));
     Ok((stored, stats))
 }
 
@@ -351,14 +387,71 @@ fn stored_name(stored_path: &str, compression: Compression) -> String {
     }
 }
 
-/// Copies one task; None when its source vanished first. Also returns the
-/// bytes read from the source.
+/// What copying one file read.
+struct Copied {
+    /// The source path relative to the data directory.
+    path: String,
+    bytes_read: u64,
+    /// Content size and CRC-32C of what was stored.
+    size: u64,
+    crc32c: u32,
+    /// Blocks whose page checksum failed twice.
+    bad_blocks: Vec<u32>,
+}
+
+/// The pages of one source to check: the block number of its first byte.
+#[derive(Clone, Copy)]
+struct PageScan {
+    checks: PageChecks,
+    first_block: u32,
+}
+
+impl PageScan {
+    fn for_task(task: &CopyTask, options: &CopyOptions) -> Option<Self> {
+        let checks = options.page_checks?;
+        let segment = relation_segment(&task.path)?;
+        Some(PageScan {
+            checks,
+            first_block: segment.wrapping_mul(checks.segment_blocks),
+        })
+    }
+
+    /// Checks the whole pages of `data`, read at `offset` of `source`;
+    /// a page that fails is read again once before it counts.
+    fn check(&self, source: &File, data: &[u8], offset: u64, bad: &mut Vec<u32>) -> io::Result<()> {
+        let size = self.checks.block_size as usize;
+        let first = offset / u64::from(self.checks.block_size);
+        for (i, page) in data.chunks_exact(size).enumerate() {
+            let block = self.first_block.wrapping_add((first + i as u64) as u32);
+            if !matches!(
+                check_page(page, block, self.checks.start_lsn),
+                PageCheck::Mismatch { .. }
+            ) {
+                continue;
+            }
+            let mut again = vec![0u8; size];
+            let at = offset + (i * size) as u64;
+            let filled = read_at_most(source, &mut again, at)?;
+            let still_bad = filled == size
+                && matches!(
+                    check_page(&again, block, self.checks.start_lsn),
+                    PageCheck::Mismatch { .. }
+                );
+            if still_bad {
+                bad.push(block);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies one task; None when its source vanished first.
 fn copy_one(
     task: &CopyTask,
     options: &CopyOptions,
     progress: &SharedProgress,
     stop: &AtomicBool,
-) -> Result<Option<(StoredFile, u64)>, CopyError> {
+) -> Result<Option<(StoredFile, Copied)>, CopyError> {
     let source = match File::open(&task.source) {
         Ok(source) => source,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -381,27 +474,28 @@ fn copy_one(
         .open(&dest)
         .map_err(write_error(&dest))?;
     let mut sink = Sink::new(file, options.compression, options.gzip_level);
+    let pages = PageScan::for_task(task, options);
     let copied = match &task.method {
-        FileMethod::Whole => copy_whole(&source, task, &mut sink, &dest, progress, stop),
-        FileMethod::Incremental(header) => {
-            copy_blocks(&source, task, header, &mut sink, &dest, progress, stop)
-        }
+        FileMethod::Whole => copy_whole(&source, task, pages, &mut sink, &dest, progress, stop),
+        FileMethod::Incremental(header) => copy_blocks(
+            &source, task, header, pages, &mut sink, &dest, progress, stop,
+        ),
     }
-    .and_then(|(bytes_read, size, crc32c)| {
+    .and_then(|copied| {
         let stored_size = sink.finish().map_err(write_error(&dest))?;
-        Ok((bytes_read, size, crc32c, stored_size))
+        Ok((copied, stored_size))
     });
     match copied {
-        Ok((bytes_read, size, crc32c, stored_size)) => Ok(Some((
+        Ok((copied, stored_size)) => Ok(Some((
             StoredFile {
                 path: stored_path,
                 kind: task.kind,
-                size,
+                size: copied.size,
                 stored_size,
-                crc32c,
+                crc32c: copied.crc32c,
                 mtime: task.mtime,
             },
-            bytes_read,
+            copied,
         ))),
         Err(error) => {
             // Best effort: the error that matters is the one returned.
@@ -411,20 +505,21 @@ fn copy_one(
     }
 }
 
-/// Streams the source up to the length it had when opened. Returns the
-/// bytes read, the content size and its CRC-32C.
+/// Streams the source up to the length it had when opened.
 fn copy_whole(
-    mut source: &File,
+    source: &File,
     task: &CopyTask,
+    pages: Option<PageScan>,
     sink: &mut Sink,
     dest: &Path,
     progress: &SharedProgress,
     stop: &AtomicBool,
-) -> Result<(u64, u64, u32), CopyError> {
+) -> Result<Copied, CopyError> {
     let mut remaining = source.metadata().map_err(read_error(&task.source))?.len();
     let mut buffer = vec![0u8; CHUNK_BYTES];
     let mut crc = 0u32;
     let mut size = 0u64;
+    let mut bad_blocks = Vec::new();
     while remaining > 0 {
         if stop.load(Ordering::Relaxed) {
             return Err(CopyError::Cancelled);
@@ -432,13 +527,19 @@ fn copy_whole(
         let want = buffer
             .len()
             .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-        let read = match source.read(&mut buffer[..want]) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(read_error(&task.source)(error)),
-        };
+        // Whole chunks (a multiple of the page size) so that pages can be
+        // checked in place; short only at the end of the file.
+        let read =
+            read_at_most(source, &mut buffer[..want], size).map_err(read_error(&task.source))?;
+        if read == 0 {
+            break;
+        }
         let data = &buffer[..read];
+        if let Some(pages) = &pages {
+            pages
+                .check(source, data, size, &mut bad_blocks)
+                .map_err(read_error(&task.source))?;
+        }
         crc = crc32c::crc32c_append(crc, data);
         sink.write_all(data).map_err(write_error(dest))?;
         size += read as u64;
@@ -446,27 +547,39 @@ fn copy_whole(
         progress
             .bytes_done
             .fetch_add(read as u64, Ordering::Relaxed);
+        if read < want {
+            break;
+        }
     }
-    Ok((size, size, crc))
+    Ok(Copied {
+        path: task.path.clone(),
+        bytes_read: size,
+        size,
+        crc32c: crc,
+        bad_blocks,
+    })
 }
 
 /// Writes the incremental file: the header, then each listed block read
 /// from the source, runs of consecutive blocks in one read. Blocks past
 /// the end of the source are zeros.
+#[allow(clippy::too_many_arguments)]
 fn copy_blocks(
     source: &File,
     task: &CopyTask,
     header: &IncrementalHeader,
+    pages: Option<PageScan>,
     sink: &mut Sink,
     dest: &Path,
     progress: &SharedProgress,
     stop: &AtomicBool,
-) -> Result<(u64, u64, u32), CopyError> {
+) -> Result<Copied, CopyError> {
     let encoded = header.encode();
     let mut crc = crc32c::crc32c(&encoded);
     sink.write_all(&encoded).map_err(write_error(dest))?;
     let mut size = encoded.len() as u64;
     let mut bytes_read = 0u64;
+    let mut bad_blocks = Vec::new();
     let block_size = header.block_size as usize;
     let run_blocks = (CHUNK_BYTES / block_size.max(1)).max(1);
     let mut buffer = vec![0u8; run_blocks * block_size];
@@ -485,6 +598,11 @@ fn copy_blocks(
         let offset = u64::from(first) * u64::from(header.block_size);
         let filled = read_at_most(source, data, offset).map_err(read_error(&task.source))?;
         data[filled..].fill(0);
+        if let Some(pages) = &pages {
+            pages
+                .check(source, &data[..filled], offset, &mut bad_blocks)
+                .map_err(read_error(&task.source))?;
+        }
         crc = crc32c::crc32c_append(crc, data);
         sink.write_all(data).map_err(write_error(dest))?;
         size += data.len() as u64;
@@ -494,7 +612,13 @@ fn copy_blocks(
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         rest = &rest[run..];
     }
-    Ok((bytes_read, size, crc))
+    Ok(Copied {
+        path: task.path.clone(),
+        bytes_read,
+        size,
+        crc32c: crc,
+        bad_blocks,
+    })
 }
 
 /// Fills `buffer` from `offset` as far as the file goes; returns how much.

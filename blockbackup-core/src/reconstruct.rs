@@ -26,55 +26,27 @@
 //! format problem, a checksum mismatch is reported first: it says that the
 //! stored file changed since it was written, which is the likelier cause.
 //!
-//! # Restoring a directory
-//!
-//! [`restore`] writes the newest member's files (files only in older
-//! backups were deleted since), creates the directories PostgreSQL needs at
-//! startup, places tablespaces, configures archive recovery (which ends
-//! on a new timeline, optionally at a target LSN), and writes a `backup_manifest` so that `pg_verifybackup` can
-//! check the result. It writes nothing outside the target directory unless
-//! a tablespace mapping says where a tablespace goes: by default
-//! tablespaces are restored in place (`pg_tblspc/<oid>` as a real
-//! directory, which PostgreSQL runs with `allow_in_place_tablespaces = on`,
-//! appended to `postgresql.auto.conf`: without it, the end of recovery
-//! refuses directories in `pg_tblspc`), so that a restore on the same host
-//! never touches the running cluster's tablespaces. For the same
-//! reason the backed-up `tablespace_map` (which names the original
-//! locations) is dropped, and one naming the new locations is written
-//! when some tablespace is mapped.
-//!
-//! Files are distributed over worker threads; the calling thread only
-//! reports progress and relays cancellation. Every file and directory
-//! written is fsynced before the restore reports success, and on any error
-//! or cancellation everything the restore created is removed, so that a
-//! half-restored directory never looks usable.
+//! Restoring a whole directory from a chain is [`crate::restore_run`]'s;
+//! its entry points are re-exported here.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::convert::Infallible;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::ops::ControlFlow;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::collections::HashMap;
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flate2::read::MultiGzDecoder;
 use roaring::RoaringBitmap;
 use thiserror::Error;
 
-use crate::backup_manifest::{render_manifest, ManifestFile, WalRange};
-use crate::catalog::{
-    BackupContents, BackupMode, BackupRecord, Compression, StoredFile, StoredKind,
-};
+use crate::catalog::{BackupContents, BackupRecord, Compression, StoredFile, StoredKind};
 use crate::incremental_file::{
-    incremental_path, read_incremental_header, restored_path, IncrementalError, IncrementalHeader,
+    incremental_path, read_incremental_header, IncrementalError, IncrementalHeader,
 };
 use crate::lsn::Lsn;
 use crate::repository::Repository;
-use crate::safe_path::safe_relative_path;
+use crate::restore_target::DestinationError;
+use crate::safe_fs::{is_not_regular, open_regular_beneath};
+
+pub use crate::restore_run::{restore, RestoreOptions, RestoreProgress, RestoreStats};
 
 /// One backup of a chain, as restore reads it.
 #[derive(Clone, Debug)]
@@ -108,40 +80,6 @@ pub fn chain_members<'a>(
 pub struct ReconstructedFile {
     pub size: u64,
     pub crc32c: u32,
-}
-
-#[derive(Clone, Debug)]
-pub struct RestoreOptions {
-    /// The new data directory: absent or empty.
-    pub target: PathBuf,
-    /// Where tablespaces go instead of in place under the target; the key
-    /// is a tablespace's oid (as text) or its original location.
-    pub tablespace_mapping: Vec<(String, PathBuf)>,
-    /// Recover up to this LSN and promote; `None` recovers to the end of
-    /// the backup's WAL only.
-    pub recovery_target_lsn: Option<Lsn>,
-    /// Recover up to this restore point of the backup and promote.
-    pub recovery_target_name: Option<String>,
-    /// Worker threads (0 counts as 1).
-    pub threads: usize,
-}
-
-/// Progress of a restore, as given to the `poll` callback.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RestoreProgress {
-    pub files_done: u64,
-    pub files_total: u64,
-    pub bytes_done: u64,
-    /// Estimated until every reconstructed file's length is known.
-    pub bytes_total: u64,
-}
-
-/// What a restore wrote from the backups (not counting the files it
-/// generates: manifest, signal and tablespace map).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RestoreStats {
-    pub files: u64,
-    pub bytes: u64,
 }
 
 #[derive(Debug, Error)]
@@ -209,9 +147,27 @@ pub enum RestoreError {
     },
     #[error("restore cancelled; what it had written was removed")]
     Cancelled,
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+    #[error("restore target {} holds an interrupted restore ({detail}); remove that directory, or restore into another one", path.display())]
+    InterruptedRestore { path: PathBuf, detail: String },
+    #[error("recovery target {target} is past the WAL backup {backup_id} holds, which reaches {reach}; without a WAL archive a backup restores to its own end or to one of its restore points")]
+    TargetUnreachable {
+        target: Lsn,
+        backup_id: String,
+        reach: Lsn,
+    },
+    #[error("backup {backup_id} lists {path}, but {} is not a regular file (a symbolic link or other file was put there); the backup is damaged, restore another backup", file.display())]
+    NotRegularFile {
+        backup_id: String,
+        path: String,
+        file: PathBuf,
+    },
+    #[error("{what} {value:?} holds a line break or another control character, which a configuration file cannot hold")]
+    UnwritableSetting { what: String, value: String },
 }
 
-fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
+pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
     move |source| RestoreError::Io {
         path: path.to_owned(),
         source,
@@ -223,20 +179,20 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
 // ---------------------------------------------------------------------------
 
 /// The contents of each member of a chain, by stored path.
-struct ChainIndex<'c, 'a> {
-    chain: &'c [ChainMember<'a>],
+pub(crate) struct ChainIndex<'c, 'a> {
+    pub(crate) chain: &'c [ChainMember<'a>],
     files: Vec<HashMap<&'a str, &'a StoredFile>>,
 }
 
 /// How one member of the chain has a file.
-enum Version<'a> {
+pub(crate) enum Version<'a> {
     Whole(&'a StoredFile),
     Incremental(&'a StoredFile),
     Absent,
 }
 
 impl<'c, 'a> ChainIndex<'c, 'a> {
-    fn new(chain: &'c [ChainMember<'a>]) -> Self {
+    pub(crate) fn new(chain: &'c [ChainMember<'a>]) -> Self {
         let files = chain
             .iter()
             .map(|member| {
@@ -251,7 +207,7 @@ impl<'c, 'a> ChainIndex<'c, 'a> {
         ChainIndex { chain, files }
     }
 
-    fn version(&self, member: usize, path: &str, incremental_name: &str) -> Version<'a> {
+    pub(crate) fn version(&self, member: usize, path: &str, incremental_name: &str) -> Version<'a> {
         let files = &self.files[member];
         match files.get(path) {
             Some(file) if file.kind != StoredKind::Incremental => Version::Whole(file),
@@ -294,25 +250,33 @@ struct Source<'a> {
 impl<'a> Source<'a> {
     fn open(member: &'a ChainMember<'_>, file: &'a StoredFile) -> Result<Self, RestoreError> {
         let compressed = member.record.compression == Compression::Gzip;
-        let disk_path = if compressed {
-            member.data_dir.join(format!("{}.gz", file.path))
+        let stored_name = if compressed {
+            format!("{}.gz", file.path)
         } else {
-            member.data_dir.join(&file.path)
+            file.path.clone()
         };
-        let handle = File::open(&disk_path).map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                RestoreError::MissingFile {
-                    backup_id: member.record.backup_id.clone(),
-                    path: file.path.clone(),
-                    file: disk_path.clone(),
+        let disk_path = member.data_dir.join(&stored_name);
+        let handle =
+            open_regular_beneath(&member.data_dir, Path::new(&stored_name)).map_err(|source| {
+                if source.kind() == io::ErrorKind::NotFound {
+                    RestoreError::MissingFile {
+                        backup_id: member.record.backup_id.clone(),
+                        path: file.path.clone(),
+                        file: disk_path.clone(),
+                    }
+                } else if is_not_regular(&source) {
+                    RestoreError::NotRegularFile {
+                        backup_id: member.record.backup_id.clone(),
+                        path: file.path.clone(),
+                        file: disk_path.clone(),
+                    }
+                } else {
+                    RestoreError::Io {
+                        path: disk_path.clone(),
+                        source,
+                    }
                 }
-            } else {
-                RestoreError::Io {
-                    path: disk_path.clone(),
-                    source,
-                }
-            }
-        })?;
+            })?;
         let buffered = BufReader::with_capacity(128 * 1024, handle);
         let reader: Box<dyn Read + Send> = if compressed {
             Box::new(MultiGzDecoder::new(buffered))
@@ -460,7 +424,7 @@ struct IncrementalSource<'a> {
     live_blocks: u32,
 }
 
-fn reconstruct_into(
+pub(crate) fn reconstruct_into(
     index: &ChainIndex<'_, '_>,
     path: &str,
     out: &mut impl Write,
@@ -652,14 +616,14 @@ fn copy_whole(
 }
 
 /// Passes bytes through, computing their size and CRC-32C.
-struct CrcWriter<W> {
-    inner: W,
+pub(crate) struct CrcWriter<W> {
+    pub(crate) inner: W,
     len: u64,
     crc: u32,
 }
 
 impl<W: Write> CrcWriter<W> {
-    fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         CrcWriter {
             inner,
             len: 0,
@@ -667,7 +631,7 @@ impl<W: Write> CrcWriter<W> {
         }
     }
 
-    fn result(&self) -> ReconstructedFile {
+    pub(crate) fn result(&self) -> ReconstructedFile {
         ReconstructedFile {
             size: self.len,
             crc32c: self.crc,
@@ -686,753 +650,4 @@ impl<W: Write> Write for CrcWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-// ---------------------------------------------------------------------------
-// Restoring a chain into a directory
-// ---------------------------------------------------------------------------
-
-/// Directories PostgreSQL expects at startup even when empty (a backup has
-/// no file in them).
-const REQUIRED_DIRECTORIES: &[&str] = &[
-    "pg_wal",
-    "pg_wal/archive_status",
-    "pg_replslot",
-    "pg_stat_tmp",
-    "pg_tblspc",
-    "pg_notify",
-    "pg_serial",
-    "pg_snapshots",
-    "pg_subtrans",
-    "pg_twophase",
-    "pg_logical",
-    "pg_logical/snapshots",
-    "pg_logical/mappings",
-    "pg_commit_ts",
-    "pg_dynshmem",
-    "pg_multixact",
-    "pg_multixact/members",
-    "pg_multixact/offsets",
-    "pg_xact",
-    "pg_stat",
-];
-
-/// Files of a backup that restore writes itself instead of copying.
-const MANIFEST: &str = "backup_manifest";
-const TABLESPACE_MAP: &str = "tablespace_map";
-const AUTO_CONF: &str = "postgresql.auto.conf";
-const RECOVERY_SIGNAL: &str = "recovery.signal";
-
-/// How often, at least, `poll` is called.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// One file to restore.
-struct Task {
-    path: String,
-    mtime: i64,
-    /// Expected size (exact for whole files).
-    estimate: u64,
-}
-
-/// Where a tablespace goes: `None` in place under the target.
-struct PlacedTablespace {
-    oid: u32,
-    mapped: Option<PathBuf>,
-}
-
-/// What a restore created, to remove on failure.
-#[derive(Default)]
-struct Created {
-    /// Directories created (with any missing parents): removed whole.
-    roots: Vec<PathBuf>,
-    /// Empty directories that existed: their contents are removed.
-    emptied: Vec<PathBuf>,
-}
-
-impl Created {
-    /// Creates `dir` (mode 0700, with missing parents) or adopts it if it
-    /// exists, remembering how to undo either.
-    fn make_dir(&mut self, dir: &Path) -> Result<(), RestoreError> {
-        if dir.is_dir() {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_error(dir))?;
-            self.emptied.push(dir.to_owned());
-            return Ok(());
-        }
-        let mut root = dir;
-        while let Some(parent) = root.parent() {
-            if parent.as_os_str().is_empty() || fs::symlink_metadata(parent).is_ok() {
-                break;
-            }
-            root = parent;
-        }
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_error(dir))?;
-        self.roots.push(root.to_owned());
-        Ok(())
-    }
-
-    /// Best effort: the restore already failed, and a removal error must
-    /// not hide why.
-    fn remove(&self) {
-        for root in &self.roots {
-            let _ = fs::remove_dir_all(root);
-        }
-        for dir in &self.emptied {
-            if let Ok(entries) = fs::read_dir(dir) {
-                for entry in entries.flatten() {
-                    let path = entry.path();
-                    match entry.file_type() {
-                        Ok(kind) if kind.is_dir() => {
-                            let _ = fs::remove_dir_all(&path);
-                        }
-                        _ => {
-                            let _ = fs::remove_file(&path);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Restores the newest backup of `chain` (oldest first) into
-/// `options.target`, calling `poll` on this thread at least every 100 ms;
-/// `poll` returning `Break` cancels the restore. On any error, everything
-/// the restore created is removed again.
-pub fn restore(
-    chain: &[ChainMember<'_>],
-    options: &RestoreOptions,
-    poll: &mut dyn FnMut(&RestoreProgress) -> ControlFlow<()>,
-) -> Result<RestoreStats, RestoreError> {
-    let newest = check_chain(chain)?;
-    let stop_lsn = newest
-        .record
-        .stop_lsn
-        .ok_or_else(|| RestoreError::BadChain {
-            reason: format!("backup {} has no stop LSN", newest.record.backup_id),
-        })?;
-    if let Some(name) = &options.recovery_target_name {
-        if options.recovery_target_lsn.is_some() {
-            return Err(RestoreError::TwoRecoveryTargets);
-        }
-        let points = &newest.record.restore_points;
-        if !points.iter().any(|point| &point.name == name) {
-            let known: Vec<&str> = points.iter().map(|point| point.name.as_str()).collect();
-            return Err(RestoreError::UnknownRestorePoint {
-                name: name.clone(),
-                backup_id: newest.record.backup_id.clone(),
-                known: if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                },
-            });
-        }
-    }
-    if let Some(target) = options.recovery_target_lsn {
-        if target < stop_lsn {
-            return Err(RestoreError::RecoveryTargetBeforeConsistency {
-                target,
-                backup_id: newest.record.backup_id.clone(),
-                stop_lsn,
-            });
-        }
-    }
-    let index = ChainIndex::new(chain);
-    let tasks = plan_files(&index)?;
-    let tablespaces = plan_tablespaces(newest.record, options)?;
-    check_target_empty(&options.target)?;
-
-    let mut created = Created::default();
-    let result = restore_into(
-        &index,
-        &tasks,
-        &tablespaces,
-        options,
-        stop_lsn,
-        &mut created,
-        poll,
-    );
-    if result.is_err() {
-        created.remove();
-    }
-    result
-}
-
-fn check_chain<'c, 'a>(chain: &'c [ChainMember<'a>]) -> Result<&'c ChainMember<'a>, RestoreError> {
-    let bad = |reason: String| Err(RestoreError::BadChain { reason });
-    let Some(newest) = chain.last() else {
-        return bad("the chain is empty".to_owned());
-    };
-    for (i, member) in chain.iter().enumerate() {
-        let record = member.record;
-        if !record.status.is_usable() {
-            return bad(format!(
-                "backup {} is in status {:?}; only DONE or OK backups can be restored",
-                record.backup_id, record.status
-            ));
-        }
-        let expected_mode = if i == 0 {
-            BackupMode::Full
-        } else {
-            BackupMode::Incremental
-        };
-        if record.mode != expected_mode {
-            return bad(format!(
-                "backup {} is {:?}, but position {i} of a chain must be {:?}",
-                record.backup_id, record.mode, expected_mode
-            ));
-        }
-        if i > 0
-            && record.parent_backup_id.as_deref() != Some(chain[i - 1].record.backup_id.as_str())
-        {
-            return bad(format!(
-                "backup {} has parent {:?}, not {}",
-                record.backup_id,
-                record.parent_backup_id,
-                chain[i - 1].record.backup_id
-            ));
-        }
-    }
-    Ok(newest)
-}
-
-/// The newest member's files under their restored names.
-fn plan_files(index: &ChainIndex<'_, '_>) -> Result<Vec<Task>, RestoreError> {
-    let chain = index.chain;
-    let newest = chain.len() - 1;
-    let backup_id = &chain[newest].record.backup_id;
-    let mut seen = HashSet::new();
-    let mut tasks = Vec::new();
-    for stored in &chain[newest].contents.files {
-        let path = match stored.kind {
-            StoredKind::Incremental => restored_path(&stored.path).ok_or_else(|| RestoreError::BadChain {
-                reason: format!("backup {backup_id} lists {} as incremental, but that is not an incremental file name", stored.path),
-            })?,
-            StoredKind::Whole | StoredKind::Wal => stored.path.clone(),
-        };
-        if safe_relative_path(&path).is_none() {
-            return Err(RestoreError::BadChain {
-                reason: format!("backup {backup_id} lists the unsafe path {:?}", stored.path),
-            });
-        }
-        if path == MANIFEST || path == TABLESPACE_MAP {
-            continue;
-        }
-        if !seen.insert(path.clone()) {
-            return Err(RestoreError::BadChain {
-                reason: format!("backup {backup_id} stores {path} twice"),
-            });
-        }
-        let estimate = match stored.kind {
-            StoredKind::Incremental => (0..newest)
-                .rev()
-                .map(|m| index.version(m, &path, &stored.path))
-                .find_map(|version| match version {
-                    Version::Whole(whole) => Some(Some(whole.size)),
-                    Version::Absent => Some(None),
-                    Version::Incremental(_) => None,
-                })
-                .flatten()
-                .unwrap_or(stored.size),
-            StoredKind::Whole | StoredKind::Wal => stored.size,
-        };
-        tasks.push(Task {
-            path,
-            mtime: stored.mtime,
-            estimate,
-        });
-    }
-    // Largest first, so that no thread is left with a big file at the end.
-    tasks.sort_by_key(|task| std::cmp::Reverse(task.estimate));
-    Ok(tasks)
-}
-
-fn plan_tablespaces(
-    record: &BackupRecord,
-    options: &RestoreOptions,
-) -> Result<Vec<PlacedTablespace>, RestoreError> {
-    let mut used = vec![false; options.tablespace_mapping.len()];
-    let mut placed = Vec::new();
-    for tablespace in &record.tablespaces {
-        let oid_key = tablespace.oid.to_string();
-        let mut mapped: Option<(&str, &PathBuf)> = None;
-        for (i, (key, location)) in options.tablespace_mapping.iter().enumerate() {
-            if *key != oid_key && *key != tablespace.location {
-                continue;
-            }
-            used[i] = true;
-            if let Some((_, previous)) = mapped {
-                if previous != location {
-                    return Err(RestoreError::BadTablespaceMapping {
-                        key: key.clone(),
-                        location: location.clone(),
-                        reason: format!(
-                            "tablespace {} is also mapped to {}",
-                            tablespace.oid,
-                            previous.display()
-                        ),
-                    });
-                }
-            }
-            mapped = Some((key, location));
-        }
-        if let Some((key, location)) = mapped {
-            let bad = |reason: String| RestoreError::BadTablespaceMapping {
-                key: key.to_owned(),
-                location: location.clone(),
-                reason,
-            };
-            if !location.is_absolute() {
-                return Err(bad("the new location must be an absolute path".to_owned()));
-            }
-            if overlaps(location, &options.target) {
-                return Err(bad(format!(
-                    "the new location must be outside the restore target {} and not contain it",
-                    options.target.display()
-                )));
-            }
-            if let Some(other) = placed
-                .iter()
-                .filter_map(|p: &PlacedTablespace| p.mapped.as_ref())
-                .find(|other| overlaps(location, other))
-            {
-                return Err(bad(format!(
-                    "it overlaps {}, where another tablespace goes",
-                    other.display()
-                )));
-            }
-            if !is_absent_or_empty_dir(location).map_err(io_error(location))? {
-                return Err(bad(
-                    "the new location exists and is not an empty directory".to_owned()
-                ));
-            }
-        }
-        placed.push(PlacedTablespace {
-            oid: tablespace.oid,
-            mapped: mapped.map(|(_, location)| location.clone()),
-        });
-    }
-    if let Some(i) = used.iter().position(|&u| !u) {
-        let (key, location) = &options.tablespace_mapping[i];
-        let known: Vec<String> = record
-            .tablespaces
-            .iter()
-            .map(|t| format!("{} ({})", t.oid, t.location))
-            .collect();
-        return Err(RestoreError::BadTablespaceMapping {
-            key: key.clone(),
-            location: location.clone(),
-            reason: format!(
-                "backup {} has no tablespace with that oid or location; its tablespaces: {}",
-                record.backup_id,
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        });
-    }
-    Ok(placed)
-}
-
-fn overlaps(a: &Path, b: &Path) -> bool {
-    a.starts_with(b) || b.starts_with(a)
-}
-
-fn is_absent_or_empty_dir(path: &Path) -> io::Result<bool> {
-    match fs::read_dir(path) {
-        Ok(mut entries) => Ok(entries.next().is_none()),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            Ok(fs::symlink_metadata(path).is_err())
-        }
-        Err(error) if error.kind() == io::ErrorKind::NotADirectory => Ok(false),
-        Err(error) => Err(error),
-    }
-}
-
-fn check_target_empty(target: &Path) -> Result<(), RestoreError> {
-    if is_absent_or_empty_dir(target).map_err(io_error(target))? {
-        Ok(())
-    } else {
-        Err(RestoreError::TargetNotEmpty {
-            path: target.to_owned(),
-        })
-    }
-}
-
-/// Shared between the worker threads and the polling thread.
-struct Shared<'t> {
-    tasks: &'t [Task],
-    next: AtomicUsize,
-    files_done: AtomicU64,
-    bytes_done: AtomicU64,
-    bytes_total: AtomicU64,
-    cancel: AtomicBool,
-    error: Mutex<Option<RestoreError>>,
-    written: Mutex<Vec<ManifestFile>>,
-}
-
-impl Shared<'_> {
-    fn progress(&self) -> RestoreProgress {
-        RestoreProgress {
-            files_done: self.files_done.load(Ordering::Relaxed),
-            files_total: self.tasks.len() as u64,
-            bytes_done: self.bytes_done.load(Ordering::Relaxed),
-            bytes_total: self.bytes_total.load(Ordering::Relaxed),
-        }
-    }
-
-    fn fail(&self, error: RestoreError) {
-        if !self.cancel.load(Ordering::SeqCst) {
-            let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
-            slot.get_or_insert(error);
-        }
-        self.cancel.store(true, Ordering::SeqCst);
-    }
-}
-
-fn restore_into(
-    index: &ChainIndex<'_, '_>,
-    tasks: &[Task],
-    tablespaces: &[PlacedTablespace],
-    options: &RestoreOptions,
-    stop_lsn: Lsn,
-    created: &mut Created,
-    poll: &mut dyn FnMut(&RestoreProgress) -> ControlFlow<()>,
-) -> Result<RestoreStats, RestoreError> {
-    let target = options.target.as_path();
-    let newest = &index.chain[index.chain.len() - 1];
-
-    // Directories: the target, mapped tablespaces with their links, then
-    // every directory a file or PostgreSQL needs, parents first.
-    created.make_dir(target)?;
-    let mut to_sync: Vec<PathBuf> = vec![target.to_owned()];
-    to_sync.extend(
-        target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_owned),
-    );
-    let tblspc = target.join("pg_tblspc");
-    make_dir(&tblspc)?;
-    let mut dirs: BTreeSet<String> = REQUIRED_DIRECTORIES
-        .iter()
-        .map(|d| (*d).to_owned())
-        .collect();
-    for tablespace in tablespaces {
-        let link = tblspc.join(tablespace.oid.to_string());
-        match &tablespace.mapped {
-            Some(location) => {
-                created.make_dir(location)?;
-                std::os::unix::fs::symlink(location, &link).map_err(io_error(&link))?;
-                to_sync.push(location.clone());
-                to_sync.extend(location.parent().map(Path::to_owned));
-            }
-            None => {
-                dirs.insert(format!("pg_tblspc/{}", tablespace.oid));
-            }
-        }
-    }
-    for task in tasks {
-        let mut path = task.path.as_str();
-        while let Some((parent, _)) = path.rsplit_once('/') {
-            dirs.insert(parent.to_owned());
-            path = parent;
-        }
-    }
-    for dir in &dirs {
-        let path = target.join(dir);
-        make_dir(&path)?;
-        to_sync.push(path);
-    }
-    let mapped_oids: Vec<String> = tablespaces
-        .iter()
-        .filter(|t| t.mapped.is_some())
-        .map(|t| t.oid.to_string())
-        .collect();
-    let any_in_place = dirs.iter().any(|dir| {
-        dir.strip_prefix("pg_tblspc/")
-            .is_some_and(|oid| !oid.contains('/') && !mapped_oids.iter().any(|m| m == oid))
-    });
-
-    // Files, on worker threads.
-    let shared = Shared {
-        tasks,
-        next: AtomicUsize::new(0),
-        files_done: AtomicU64::new(0),
-        bytes_done: AtomicU64::new(0),
-        bytes_total: AtomicU64::new(tasks.iter().map(|t| t.estimate).sum()),
-        cancel: AtomicBool::new(false),
-        error: Mutex::new(None),
-        written: Mutex::new(Vec::with_capacity(tasks.len())),
-    };
-    let threads = options.threads.clamp(1, tasks.len().max(1));
-    let mut cancelled = false;
-    std::thread::scope(|scope| {
-        // Never sent on: it disconnects when the last worker exits.
-        let (done_tx, done_rx) = mpsc::channel::<Infallible>();
-        for _ in 0..threads {
-            let done_tx = done_tx.clone();
-            let shared = &shared;
-            scope.spawn(move || worker(index, target, shared, &done_tx));
-        }
-        drop(done_tx);
-        loop {
-            let finished = matches!(
-                done_rx.recv_timeout(POLL_INTERVAL),
-                Err(mpsc::RecvTimeoutError::Disconnected)
-            );
-            if !cancelled && poll(&shared.progress()).is_break() {
-                cancelled = true;
-                shared.cancel.store(true, Ordering::SeqCst);
-            }
-            if finished {
-                break;
-            }
-        }
-    });
-    if cancelled {
-        return Err(RestoreError::Cancelled);
-    }
-    if let Some(error) = shared.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(error);
-    }
-    let mut manifest = shared
-        .written
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner());
-    let stats = RestoreStats {
-        files: tasks.len() as u64,
-        bytes: shared.bytes_done.load(Ordering::Relaxed),
-    };
-
-    // Files restore writes itself.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let mapped: Vec<(u32, &PathBuf)> = tablespaces
-        .iter()
-        .filter_map(|t| t.mapped.as_ref().map(|location| (t.oid, location)))
-        .collect();
-    if !mapped.is_empty() {
-        let content = tablespace_map(&mapped);
-        manifest.push(write_new_file(target, TABLESPACE_MAP, &content, now)?);
-    }
-    let mut settings = String::new();
-    if any_in_place {
-        // Recovery refuses directories in pg_tblspc without it.
-        settings.push_str("allow_in_place_tablespaces = on\n");
-    }
-    // Always archive recovery, ending on a new timeline: the restored
-    // cluster's WAL after the backup differs from the original's WAL at
-    // the same LSNs, and only a timeline switch tells the two apart, so
-    // that no incremental backup of one is ever built on a backup of the
-    // other. The WAL is in pg_wal; a failing restore_command makes
-    // PostgreSQL read it from there.
-    manifest.push(write_new_file(target, RECOVERY_SIGNAL, b"", now)?);
-    settings.push_str("restore_command = '/bin/false'\n");
-    if let Some(lsn) = options.recovery_target_lsn {
-        settings.push_str(&format!(
-            "recovery_target_lsn = '{lsn}'\nrecovery_target_inclusive = on\n"
-        ));
-    }
-    if let Some(name) = &options.recovery_target_name {
-        settings.push_str(&format!(
-            "recovery_target_name = '{}'\n",
-            name.replace('\'', "''")
-        ));
-    }
-    settings.push_str("recovery_target_action = 'promote'\n");
-    if !settings.is_empty() {
-        manifest.retain(|file| file.path != AUTO_CONF);
-        manifest.push(append_settings(target, &settings, now)?);
-    }
-    manifest.sort_by(|a, b| a.path.cmp(&b.path));
-    let wal = [WalRange {
-        timeline: newest.record.timeline,
-        start_lsn: newest.record.start_lsn,
-        end_lsn: stop_lsn,
-    }];
-    write_new_file(target, MANIFEST, &render_manifest(&manifest, &wal), now)?;
-
-    for dir in &to_sync {
-        File::open(dir)
-            .and_then(|handle| handle.sync_all())
-            .map_err(io_error(dir))?;
-    }
-    Ok(stats)
-}
-
-fn make_dir(path: &Path) -> Result<(), RestoreError> {
-    match DirBuilder::new().mode(0o700).create(path) {
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
-        other => other.map_err(io_error(path)),
-    }
-}
-
-fn worker(
-    index: &ChainIndex<'_, '_>,
-    target: &Path,
-    shared: &Shared<'_>,
-    _alive: &mpsc::Sender<Infallible>,
-) {
-    while !shared.cancel.load(Ordering::SeqCst) {
-        let i = shared.next.fetch_add(1, Ordering::SeqCst);
-        let Some(task) = shared.tasks.get(i) else {
-            return;
-        };
-        match restore_file(index, target, task, shared) {
-            Ok(written) => {
-                shared.files_done.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .bytes_total
-                    .fetch_add(written.size, Ordering::Relaxed);
-                shared
-                    .bytes_total
-                    .fetch_sub(task.estimate, Ordering::Relaxed);
-                if !task.path.starts_with("pg_wal/") {
-                    let mut manifest = shared.written.lock().unwrap_or_else(|e| e.into_inner());
-                    manifest.push(ManifestFile {
-                        path: task.path.clone(),
-                        size: written.size,
-                        mtime: task.mtime,
-                        crc32c: written.crc32c,
-                    });
-                }
-            }
-            Err(error) => {
-                shared.fail(error);
-                return;
-            }
-        }
-    }
-}
-
-fn restore_file(
-    index: &ChainIndex<'_, '_>,
-    target: &Path,
-    task: &Task,
-    shared: &Shared<'_>,
-) -> Result<ReconstructedFile, RestoreError> {
-    let path = target.join(&task.path);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_error(&path))?;
-    let counted = Counted { file, shared };
-    let mut out = CrcWriter::new(BufWriter::with_capacity(256 * 1024, counted));
-    reconstruct_into(index, &task.path, &mut out, &path)?;
-    let result = out.result();
-    let counted = out
-        .inner
-        .into_inner()
-        .map_err(|e| io_error(&path)(e.into_error()))?;
-    counted.file.sync_all().map_err(io_error(&path))?;
-    Ok(result)
-}
-
-/// A restored file being written: counts progress, and stops the copy
-/// when the restore is cancelled.
-struct Counted<'s, 't> {
-    file: File,
-    shared: &'s Shared<'t>,
-}
-
-impl Write for Counted<'_, '_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.shared.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::other("restore cancelled"));
-        }
-        let n = self.file.write(buf)?;
-        self.shared
-            .bytes_done
-            .fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-/// `tablespace_map` as `pg_backup_stop` writes it: `<oid> <location>`
-/// lines, with newline, carriage return and backslash escaped by a
-/// backslash.
-fn tablespace_map(mapped: &[(u32, &PathBuf)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (oid, location) in mapped {
-        out.extend_from_slice(format!("{oid} ").as_bytes());
-        for &byte in location.as_os_str().as_bytes() {
-            if matches!(byte, b'\n' | b'\r' | b'\\') {
-                out.push(b'\\');
-            }
-            out.push(byte);
-        }
-        out.push(b'\n');
-    }
-    out
-}
-
-fn write_new_file(
-    target: &Path,
-    name: &str,
-    content: &[u8],
-    mtime: i64,
-) -> Result<ManifestFile, RestoreError> {
-    let path = target.join(name);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_error(&path))?;
-    file.write_all(content)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(&path))?;
-    Ok(ManifestFile {
-        path: name.to_owned(),
-        size: content.len() as u64,
-        mtime,
-        crc32c: crc32c::crc32c(content),
-    })
-}
-
-/// Appends `settings` to `postgresql.auto.conf` (creating it if the
-/// backup had none), where they override `postgresql.conf`: settings for
-/// in-place tablespaces and for recovery.
-fn append_settings(target: &Path, settings: &str, now: i64) -> Result<ManifestFile, RestoreError> {
-    let path = target.join(AUTO_CONF);
-    let mut content = match fs::read(&path) {
-        Ok(content) => content,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(error) => return Err(io_error(&path)(error)),
-    };
-    if content.last().is_some_and(|&b| b != b'\n') {
-        content.push(b'\n');
-    }
-    content.extend_from_slice(b"# added by pg_blockbackup restore\n");
-    content.extend_from_slice(settings.as_bytes());
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_error(&path))?;
-    file.write_all(&content)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(&path))?;
-    Ok(ManifestFile {
-        path: AUTO_CONF.to_owned(),
-        size: content.len() as u64,
-        mtime: now,
-        crc32c: crc32c::crc32c(&content),
-    })
 }

@@ -11,6 +11,7 @@
 //! <root>/backups/<id>/dump/...            a dump's pg_dump output
 //! <root>/backups/<id>/pg_dump.log         a dump's pg_dump standard error
 //! <root>/backups/<id>/running.lock        flock'ed while a dump runs
+//! <root>/backups/<id>/reading.lock        shared flock while a restore reads it
 //! <root>/create.lock                      flock'ed while an id is chosen
 //! ```
 //!
@@ -39,6 +40,14 @@
 //! the first record happen under the short `create.lock`, which both kinds
 //! take, so two backups started in the same second never pick one name.
 //!
+//! One damaged entry must not lock the whole catalog: [`Repository::list`]
+//! returns the backups it can read and, apart, the entries it cannot
+//! ([`DamagedEntry`]), which callers show as CORRUPT, never use, never
+//! expire (nor what depends on them), and delete only when asked to.
+//!
+//! A restore holds a shared lock on every backup of its chain while it
+//! reads, and [`Repository::remove_backup`] refuses a backup so held.
+//!
 //! The marker ties a repository to one cluster: incremental backups are
 //! only meaningful against backups of the same system, and mixing two
 //! clusters' backups in one chain would restore garbage.
@@ -65,6 +74,7 @@ use thiserror::Error;
 use crate::catalog::{BackupContents, BackupMode, BackupRecord, BackupStatus, Compression};
 use crate::civil_time::civil_from_days;
 use crate::content_checksum::crc32c_of;
+use crate::safe_fs::{is_not_regular, open_regular_beneath};
 use crate::safe_path::safe_relative_path;
 use crate::summary_dir::{write_file_durably, SummaryDirError};
 
@@ -79,6 +89,9 @@ const DATA_DIR_NAME: &str = "pgdata";
 const DUMP_DIR_NAME: &str = "dump";
 const DUMP_LOG_NAME: &str = "pg_dump.log";
 const RUNNING_LOCK_NAME: &str = "running.lock";
+const READING_LOCK_NAME: &str = "reading.lock";
+/// Directories inside a backup that only a run in progress uses.
+const STAGING_DIRS: &[&str] = &["staging", ".restore-point-staging"];
 const CREATE_LOCK_NAME: &str = "create.lock";
 const DELETING_PREFIX: &str = ".deleting-";
 const CREATING_PREFIX: &str = ".creating-";
@@ -155,6 +168,8 @@ pub enum RepositoryError {
     IsDump { id: String, database: String },
     #[error("backup \"{id}\" is still running; cancel it (cancel_dump_agent) or wait for it to end first")]
     StillRunning { id: String },
+    #[error("backup \"{id}\" is being read by a restore; wait for the restore to end")]
+    BeingRestored { id: String },
 }
 
 fn io_error(path: &Path, source: io::Error) -> RepositoryError {
@@ -207,6 +222,40 @@ pub struct RunningLock {
     _file: File,
 }
 
+/// Held by a restore on each backup it reads; none when the lock file
+/// could not be made (a full disk), since a restore must still work then.
+#[derive(Debug)]
+pub struct ReadingLock {
+    _file: Option<File>,
+}
+
+/// A backup directory whose `backup.json` is missing, unreadable, not
+/// valid JSON or about another backup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamagedEntry {
+    pub backup_id: String,
+    pub problem: String,
+}
+
+/// What [`Repository::list`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalog {
+    /// The readable backups, by (start time, id).
+    pub records: Vec<BackupRecord>,
+    /// The entries that could not be read, by id.
+    pub damaged: Vec<DamagedEntry>,
+}
+
+impl Catalog {
+    pub fn record(&self, id: &str) -> Option<&BackupRecord> {
+        self.records.iter().find(|record| record.backup_id == id)
+    }
+
+    pub fn damaged_entry(&self, id: &str) -> Option<&DamagedEntry> {
+        self.damaged.iter().find(|entry| entry.backup_id == id)
+    }
+}
+
 /// What [`expire_plan`] decided for a backup it removes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExpireAction {
@@ -232,8 +281,28 @@ pub struct ValidationReport {
     pub files_checked: u64,
     /// Content bytes (after decompression) reread.
     pub bytes_checked: u64,
-    /// One message per missing or damaged file, naming it.
+    /// Damage found, one message per missing or damaged file (or broken
+    /// chain), naming it: the backup is CORRUPT.
     pub errors: Vec<String>,
+    /// What could not be checked (permission denied, an I/O error): not
+    /// evidence of damage, so the backup's status is left as it was.
+    pub unchecked: Vec<String>,
+    /// Pages that failed their checksum when the backup read them from the
+    /// server: the stored copy is what the disk held, so the backup is not
+    /// damaged, but what it holds of those pages is.
+    pub source_damage: Vec<String>,
+}
+
+/// A backup's validation, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validation {
+    /// The record with its new status (kept as it was when something
+    /// could not be checked).
+    pub record: BackupRecord,
+    pub report: ValidationReport,
+    /// Why the new status could not be written (a full disk, say); the
+    /// verdict stands for this call.
+    pub not_recorded: Option<String>,
 }
 
 impl Repository {
@@ -428,47 +497,70 @@ impl Repository {
         }
     }
 
-    /// Every backup, by (start time, id). A backup directory whose record
-    /// cannot be read is an error naming it: skipping it would hide a
-    /// damaged backup and could let expiry remove what depends on it.
-    pub fn list(&self) -> Result<Vec<BackupRecord>, RepositoryError> {
+    /// Every backup, by (start time, id), and apart the entries whose
+    /// record cannot be read, by id. Only the backups directory itself
+    /// being unreadable is an error: one damaged entry must not hide the
+    /// others, and is not skipped either, since that would hide it and
+    /// could let expiry remove what depends on it.
+    pub fn list(&self) -> Result<Catalog, RepositoryError> {
         let backups = self.backups_dir();
         let entries = match fs::read_dir(&backups) {
             Ok(entries) => entries,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Catalog::default()),
             Err(error) => return Err(io_error(&backups, error)),
         };
-        let mut records = Vec::new();
+        let mut catalog = Catalog::default();
         for entry in entries {
             let entry = entry.map_err(|error| io_error(&backups, error))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(DELETING_PREFIX) || name.starts_with(CREATING_PREFIX) {
+            if validate_backup_id(&name).is_err() {
+                // `.deleting-*`, `.creating-*` and names no backup has.
                 continue;
             }
             let path = entry.path();
-            let is_dir = match fs::metadata(&path) {
+            let is_dir = match fs::symlink_metadata(&path) {
                 Ok(metadata) => metadata.is_dir(),
                 // Deleted since the directory was read.
                 Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-                Err(error) => return Err(io_error(&path, error)),
+                Err(error) => {
+                    catalog.damaged.push(DamagedEntry {
+                        backup_id: name.into_owned(),
+                        problem: io_error(&path, error).to_string(),
+                    });
+                    continue;
+                }
             };
             if !is_dir {
                 continue;
             }
-            let record_path = path.join(RECORD_FILE_NAME);
-            let record: BackupRecord = read_json(&record_path)?;
-            if record.backup_id != name {
-                return Err(RepositoryError::RecordMismatch {
-                    path: record_path,
-                    found: record.backup_id,
-                });
+            match self.read_record(&name) {
+                Ok(record) => catalog.records.push(record),
+                Err(RepositoryError::BackupNotFound { .. }) => {
+                    if !path.exists() {
+                        continue;
+                    }
+                    catalog.damaged.push(DamagedEntry {
+                        backup_id: name.into_owned(),
+                        problem: format!(
+                            "\"{}\" is missing: this is not a backup, or its record was lost",
+                            path.join(RECORD_FILE_NAME).display()
+                        ),
+                    });
+                }
+                Err(error) => catalog.damaged.push(DamagedEntry {
+                    backup_id: name.into_owned(),
+                    problem: error.to_string(),
+                }),
             }
-            records.push(record);
         }
-        records
+        catalog
+            .records
             .sort_by(|a, b| (a.start_time_us, &a.backup_id).cmp(&(b.start_time_us, &b.backup_id)));
-        Ok(records)
+        catalog
+            .damaged
+            .sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
+        Ok(catalog)
     }
 
     pub fn read_record(&self, id: &str) -> Result<BackupRecord, RepositoryError> {
@@ -525,6 +617,7 @@ impl Repository {
             .mode(0o700)
             .create(&content_dir)
             .map_err(|error| io_error(&content_dir, error))?;
+        open_lock_file(&building.join(READING_LOCK_NAME))?;
         let running = if record.mode == BackupMode::Dump {
             let path = building.join(RUNNING_LOCK_NAME);
             let file = open_lock_file(&path)?;
@@ -575,20 +668,36 @@ impl Repository {
 
     /// Removes a backup: renamed to `.deleting-<id>` first (durably), then
     /// removed recursively. Leftovers of earlier interrupted deletes are
-    /// removed too. Call it with the lock held.
+    /// removed too. Call it with the lock held. A backup a restore is
+    /// reading is refused (BeingRestored).
     pub fn remove_backup(&self, id: &str) -> Result<(), RepositoryError> {
-        validate_backup_id(id)?;
+        self.remove_backups(&[id.to_owned()])
+    }
+
+    /// Removes `ids` in order, each as [`Repository::remove_backup`] does;
+    /// if a restore reads any of them, none is removed.
+    pub fn remove_backups(&self, ids: &[String]) -> Result<(), RepositoryError> {
         let backups = self.backups_dir();
-        let dir = backups.join(id);
-        if !dir.is_dir() {
-            return Err(RepositoryError::BackupNotFound { id: id.to_owned() });
+        let mut held = Vec::with_capacity(ids.len());
+        for id in ids {
+            validate_backup_id(id)?;
+            if !backups.join(id).is_dir() {
+                return Err(RepositoryError::BackupNotFound { id: id.clone() });
+            }
+            // Held (if it exists) until the directory is renamed away, so
+            // that no restore starts reading it in between.
+            held.push(self.lock_out_readers(id)?);
         }
-        let doomed = backups.join(format!("{DELETING_PREFIX}{id}"));
-        if doomed.exists() {
-            fs::remove_dir_all(&doomed).map_err(|error| io_error(&doomed, error))?;
+        for id in ids {
+            let dir = backups.join(id);
+            let doomed = backups.join(format!("{DELETING_PREFIX}{id}"));
+            if doomed.exists() {
+                fs::remove_dir_all(&doomed).map_err(|error| io_error(&doomed, error))?;
+            }
+            fs::rename(&dir, &doomed).map_err(|error| io_error(&dir, error))?;
+            sync_directory(&backups)?;
         }
-        fs::rename(&dir, &doomed).map_err(|error| io_error(&dir, error))?;
-        sync_directory(&backups)?;
+        drop(held);
         let entries = fs::read_dir(&backups).map_err(|error| io_error(&backups, error))?;
         for entry in entries {
             let entry = entry.map_err(|error| io_error(&backups, error))?;
@@ -606,6 +715,100 @@ impl Repository {
             }
         }
         sync_directory(&backups)
+    }
+
+    /// Takes a shared lock on backup `id` for a restore that reads it; see
+    /// [`Repository::remove_backup`], which refuses a backup so held.
+    pub fn hold_for_reading(&self, id: &str) -> Result<ReadingLock, RepositoryError> {
+        validate_backup_id(id)?;
+        let dir = self.backup_dir(id);
+        if !dir.is_dir() {
+            return Err(RepositoryError::BackupNotFound { id: id.to_owned() });
+        }
+        let path = dir.join(READING_LOCK_NAME);
+        let file = match open_lock_file(&path) {
+            Ok(file) => file,
+            // A backup of an older release without the file, on a disk too
+            // full to add it: read it unprotected rather than not at all.
+            Err(_) => return Ok(ReadingLock { _file: None }),
+        };
+        file.lock_shared().map_err(|error| io_error(&path, error))?;
+        if !dir.is_dir() {
+            // Deleted while the lock was being taken.
+            return Err(RepositoryError::BackupNotFound { id: id.to_owned() });
+        }
+        Ok(ReadingLock { _file: Some(file) })
+    }
+
+    /// The exclusive side of [`Repository::hold_for_reading`], without
+    /// waiting: BeingRestored while a restore holds the backup.
+    fn lock_out_readers(&self, id: &str) -> Result<Option<File>, RepositoryError> {
+        let path = self.backup_dir(id).join(READING_LOCK_NAME);
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io_error(&path, error)),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => {
+                Err(RepositoryError::BeingRestored { id: id.to_owned() })
+            }
+            Err(fs::TryLockError::Error(error)) => Err(io_error(&path, error)),
+        }
+    }
+
+    /// Removes what only a run in progress uses from backup `id`: its
+    /// staging directories and, when `partial`, the files it was storing
+    /// (the backup failed; its record, contents and a dump's log stay).
+    /// Call it with the lock held.
+    pub fn remove_leftovers(&self, id: &str, partial: bool) -> Result<(), RepositoryError> {
+        validate_backup_id(id)?;
+        let dir = self.backup_dir(id);
+        let mut doomed: Vec<PathBuf> = STAGING_DIRS.iter().map(|name| dir.join(name)).collect();
+        if partial {
+            doomed.push(dir.join(DATA_DIR_NAME));
+            doomed.push(dir.join(DUMP_DIR_NAME));
+        }
+        for path in doomed {
+            match fs::remove_dir_all(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io_error(&path, error)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `.creating-*` directories that failed starts left (when no
+    /// backup is being created right now) and `.deleting-*` ones of
+    /// interrupted deletions. Call it with the lock held.
+    pub fn remove_abandoned(&self) -> Result<(), RepositoryError> {
+        let path = self.root.join(CREATE_LOCK_NAME);
+        let guard = open_lock_file(&path)?;
+        let creating_idle = guard.try_lock().is_ok();
+        let backups = self.backups_dir();
+        let entries = match fs::read_dir(&backups) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(io_error(&backups, error)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|error| io_error(&backups, error))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let abandoned = name.starts_with(DELETING_PREFIX)
+                || (creating_idle && name.starts_with(CREATING_PREFIX));
+            if abandoned {
+                let path = entry.path();
+                match fs::remove_dir_all(&path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(io_error(&path, error)),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The backup `id` and its ancestors, oldest (the full backup) first.
@@ -715,37 +918,133 @@ impl Repository {
         Ok((records, contents))
     }
 
-    /// Rereads a backup's files and records the verdict: a DONE, OK or
-    /// CORRUPT backup becomes OK or CORRUPT; ERROR and RUNNING ones are
-    /// checked but keep their status.
-    pub fn validate_and_record(
+    /// [`Repository::load_chain`] for a restore: every backup of the chain
+    /// is held for reading (so none can be deleted meanwhile) before its
+    /// contents are read, and the chain is read again once held.
+    #[allow(clippy::type_complexity)]
+    pub fn load_chain_for_restore(
         &self,
-        mut record: BackupRecord,
-    ) -> Result<(BackupRecord, ValidationReport), RepositoryError> {
-        let report = match self.read_contents(&record.backup_id) {
+        id: &str,
+    ) -> Result<(Vec<BackupRecord>, Vec<BackupContents>, Vec<ReadingLock>), RepositoryError> {
+        let (records, _) = self.load_chain(id)?;
+        let locks = records
+            .iter()
+            .map(|record| self.hold_for_reading(&record.backup_id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (held, contents) = self.load_chain(id)?;
+        if held != records {
+            return Err(RepositoryError::BrokenChain {
+                id: id.to_owned(),
+                detail: "it changed while the restore started; try again".to_owned(),
+            });
+        }
+        Ok((held, contents, locks))
+    }
+
+    /// Rereads a backup's files, checks its chain, and records the
+    /// verdict: a DONE, OK or CORRUPT backup becomes CORRUPT when damage
+    /// was found, OK when everything was checked and intact, and keeps its
+    /// status when something could not be checked (an I/O error is not
+    /// evidence of damage). An ERROR backup holds nothing to check and
+    /// stays ERROR; RUNNING ones are the caller's to skip. A status that
+    /// cannot be written (a full disk) does not fail the validation.
+    pub fn validate_and_record(&self, mut record: BackupRecord) -> Validation {
+        if record.status == BackupStatus::Error {
+            let report = ValidationReport {
+                errors: vec![format!(
+                    "the backup failed while it was taken ({}); it holds nothing to validate or restore",
+                    record.error.as_deref().unwrap_or("no reason recorded")
+                )],
+                ..ValidationReport::default()
+            };
+            return Validation {
+                record,
+                report,
+                not_recorded: None,
+            };
+        }
+        let mut report = match self.read_contents(&record.backup_id) {
             Ok(contents) => self.validate_backup_files(&record, &contents),
+            Err(RepositoryError::Io { path, source })
+                if source.kind() != io::ErrorKind::NotFound =>
+            {
+                ValidationReport {
+                    unchecked: vec![format!(
+                        "\"{}\" could not be read: {source}",
+                        path.display()
+                    )],
+                    ..ValidationReport::default()
+                }
+            }
+            Err(RepositoryError::BackupNotFound { .. }) => ValidationReport {
+                errors: vec![format!(
+                    "\"{}\" is missing: the backup's list of files is gone",
+                    self.backup_dir(&record.backup_id)
+                        .join(CONTENTS_FILE_NAME)
+                        .display()
+                )],
+                ..ValidationReport::default()
+            },
             Err(error) => ValidationReport {
-                files_checked: 0,
-                bytes_checked: 0,
                 errors: vec![error.to_string()],
+                ..ValidationReport::default()
             },
         };
-        if record.status.is_usable() || record.status == BackupStatus::Corrupt {
-            record.status = if report.errors.is_empty() {
-                BackupStatus::Ok
+        self.check_ancestors(&record, &mut report);
+        report.source_damage = source_damage(&record);
+        let judged = record.status.is_usable() || record.status == BackupStatus::Corrupt;
+        let mut not_recorded = None;
+        if judged {
+            let verdict = if !report.errors.is_empty() {
+                Some(BackupStatus::Corrupt)
+            } else if report.unchecked.is_empty() {
+                Some(BackupStatus::Ok)
             } else {
-                BackupStatus::Corrupt
+                None
             };
-            record.error = report.errors.first().cloned();
-            self.write_record(&record)?;
+            if let Some(status) = verdict {
+                record.status = status;
+                record.error = report.errors.first().cloned();
+                if let Err(error) = self.write_record(&record) {
+                    not_recorded = Some(error.to_string());
+                }
+            }
         }
-        Ok((record, report))
+        Validation {
+            record,
+            report,
+            not_recorded,
+        }
+    }
+
+    /// An incremental is only as good as its chain: every ancestor must be
+    /// present, usable and of this cluster.
+    fn check_ancestors(&self, record: &BackupRecord, report: &mut ValidationReport) {
+        let Some(parent) = record.parent_backup_id.as_deref() else {
+            return;
+        };
+        match self.chain(parent) {
+            Ok(_) => {}
+            Err(RepositoryError::Io { path, source })
+                if source.kind() != io::ErrorKind::NotFound =>
+            {
+                report.unchecked.push(format!(
+                    "its chain could not be checked: \"{}\" could not be read: {source}",
+                    path.display()
+                ))
+            }
+            Err(RepositoryError::BackupNotFound { .. }) => report.errors.push(format!(
+                "its parent backup \"{parent}\" is not in the repository: it cannot be restored"
+            )),
+            Err(error) => report.errors.push(format!("its chain is broken: {error}")),
+        }
     }
 
     /// Rereads every file `contents` lists for backup `id` (decompressing
     /// when `compression` is gzip) and compares its size and CRC-32C with
     /// the listing. Problems are collected, one message per file, so that
-    /// one damaged file does not hide the others.
+    /// one damaged file does not hide the others. Stored files must be
+    /// regular files reached without following a link.
     pub fn validate_backup_files(
         &self,
         record: &BackupRecord,
@@ -767,11 +1066,11 @@ impl Repository {
                 ));
                 continue;
             };
-            let mut path = data_dir.join(relative);
+            let mut stored = relative.to_path_buf();
             if compression == Compression::Gzip {
-                path.as_mut_os_string().push(".gz");
+                stored.as_mut_os_string().push(".gz");
             }
-            match checksum_file(&path, compression) {
+            match checksum_file(&data_dir, &stored, compression) {
                 Ok(found) => {
                     report.bytes_checked += found.size;
                     if found.stored_size != file.stored_size {
@@ -796,9 +1095,21 @@ impl Repository {
                         .errors
                         .push(format!("\"{}\": file is missing", file.path));
                 }
+                Err(error) if is_not_regular(&error) => {
+                    report.errors.push(format!(
+                        "\"{}\": not a regular file (a symbolic link or another kind of file was put in its place)",
+                        file.path
+                    ));
+                }
+                Err(error) if is_damaged_content(&error) => {
+                    report.errors.push(format!(
+                        "\"{}\": the stored content does not decompress: {error}",
+                        file.path
+                    ));
+                }
                 Err(error) => {
                     report
-                        .errors
+                        .unchecked
                         .push(format!("\"{}\": could not be read: {error}", file.path));
                 }
             }
@@ -807,14 +1118,46 @@ impl Repository {
     }
 }
 
+/// What the record says of page checksum failures met while it was taken.
+fn source_damage(record: &BackupRecord) -> Vec<String> {
+    let mut found: Vec<String> = record
+        .checksum_failure_pages
+        .iter()
+        .map(|page| {
+            format!(
+                "\"{}\", block {}: the page failed its checksum when the backup read it from the server",
+                page.path, page.block
+            )
+        })
+        .collect();
+    let unlisted = record.checksum_failures.saturating_sub(found.len() as u64);
+    if unlisted > 0 {
+        found.push(format!("{unlisted} more pages failed their checksum"));
+    }
+    found
+}
+
+/// A read error that says the stored bytes are wrong (a decoder's
+/// complaint, a stream cut short), not that the disk could not be read.
+fn is_damaged_content(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof
+    )
+}
+
 struct FileChecksum {
     size: u64,
     stored_size: u64,
     crc32c: u32,
 }
 
-fn checksum_file(path: &Path, compression: Compression) -> io::Result<FileChecksum> {
-    let file = File::open(path)?;
+fn checksum_file(
+    dir: &Path,
+    relative: &Path,
+    compression: Compression,
+) -> io::Result<FileChecksum> {
+    let file = open_regular_beneath(dir, relative)?;
     let stored_size = file.metadata()?.len();
     let reader: Box<dyn Read> = match compression {
         Compression::None => Box::new(file),
@@ -987,25 +1330,34 @@ fn with_ancestors<'a>(
 /// removed in any case, RUNNING backups are never touched, and no backup
 /// is removed while a kept (or RUNNING) backup depends on it: that rule
 /// wins over all others, so retention can never make a backup unrestorable.
+/// Two more always hold, whatever the rules say, because a rule applied to
+/// a catalog that is wrong for the moment (a backup marked CORRUPT by a
+/// transient problem, an entry that cannot be read) must not destroy the
+/// last good copy: the newest full backup that did not fail, with every
+/// backup built on it, is kept; and so is every backup whose chain reaches
+/// a damaged entry (which is never removed by retention either).
 pub fn expire_plan(
-    records: &[BackupRecord],
+    catalog: &Catalog,
     keep_full: Option<u32>,
     keep_days: Option<u32>,
     now_us: i64,
 ) -> Vec<(String, ExpireAction)> {
+    let records = &catalog.records;
     let by_id: BTreeMap<&str, &BackupRecord> = records
         .iter()
         .map(|record| (record.backup_id.as_str(), record))
         .collect();
+    let not_failed = |record: &&BackupRecord| record.status != BackupStatus::Error;
     let mut kept: BTreeSet<&str> = BTreeSet::new();
     if keep_full.is_none() && keep_days.is_none() {
         kept.extend(
             records
                 .iter()
-                .filter(|record| record.status != BackupStatus::Error)
-                .map(|record| record.backup_id.as_str()),
+                .filter(not_failed)
+                .map(|r| r.backup_id.as_str()),
         );
     }
+    let mut roots = BTreeSet::new();
     if let Some(count) = keep_full {
         // Full backups form one group; dumps one group per database.
         let mut groups: BTreeMap<Option<&str>, Vec<&BackupRecord>> = BTreeMap::new();
@@ -1019,7 +1371,6 @@ pub fn expire_plan(
                 BackupMode::Incremental => {}
             }
         }
-        let mut roots = BTreeSet::new();
         for (group, mut candidates) in groups {
             candidates.sort_by(|a, b| {
                 (b.start_time_us, &b.backup_id).cmp(&(a.start_time_us, &a.backup_id))
@@ -1033,14 +1384,23 @@ pub fn expire_plan(
                 Some(_) => kept.extend(newest),
             }
         }
-        kept.extend(
-            records
-                .iter()
-                .filter(|record| record.status != BackupStatus::Error)
-                .map(|record| record.backup_id.as_str())
-                .filter(|id| roots.contains(chain_root(id, &by_id))),
-        );
     }
+    // The newest full chain stays, whatever its status says today.
+    if let Some(newest_full) = records
+        .iter()
+        .filter(not_failed)
+        .filter(|record| record.mode == BackupMode::Full)
+        .max_by_key(|record| (record.start_time_us, &record.backup_id))
+    {
+        roots.insert(newest_full.backup_id.as_str());
+    }
+    kept.extend(
+        records
+            .iter()
+            .filter(not_failed)
+            .map(|record| record.backup_id.as_str())
+            .filter(|id| roots.contains(chain_root(id, &by_id))),
+    );
     if let Some(days) = keep_days {
         let cutoff = now_us.saturating_sub(i64::from(days).saturating_mul(MICROS_PER_DAY));
         for record in records {
@@ -1048,6 +1408,14 @@ pub fn expire_plan(
             if record.status.is_usable() && recent {
                 kept.insert(record.backup_id.as_str());
             }
+        }
+    }
+    // What reaches a damaged entry cannot be judged: it stays.
+    for record in records.iter().filter(not_failed) {
+        let root = chain_root(&record.backup_id, &by_id);
+        let parent_of_root = by_id.get(root).and_then(|r| r.parent_backup_id.as_deref());
+        if parent_of_root.is_some_and(|parent| catalog.damaged_entry(parent).is_some()) {
+            kept.insert(record.backup_id.as_str());
         }
     }
     // Whatever a kept or running backup depends on stays.
@@ -1085,12 +1453,13 @@ pub fn expire_plan(
 /// cut off as ERROR, so a RUNNING record here is a dump still being taken:
 /// it is refused, and so is any plan that would remove one.
 pub fn delete_plan(
-    records: &[BackupRecord],
+    catalog: &Catalog,
     id: &str,
     cascade: bool,
 ) -> Result<Vec<String>, RepositoryError> {
     validate_backup_id(id)?;
-    if !records.iter().any(|record| record.backup_id == id) {
+    let records = &catalog.records;
+    if catalog.record(id).is_none() && catalog.damaged_entry(id).is_none() {
         return Err(RepositoryError::BackupNotFound { id: id.to_owned() });
     }
     let mut doomed = BTreeSet::from([id]);

@@ -106,6 +106,7 @@ fn copies_a_tree(compression: Compression, threads: usize) {
         compression,
         gzip_level: 6,
         threads,
+        page_checks: None,
     };
     let mut last = CopyProgress::default();
     let mut polls = 0;
@@ -206,6 +207,7 @@ fn vanished_sources_are_skipped() {
         compression: Compression::None,
         gzip_level: 1,
         threads: 2,
+        page_checks: None,
     };
     let (stored, _) = copy_files(tasks, &options, &mut keep_going).unwrap();
     assert_eq!(stored.len(), 1);
@@ -235,6 +237,7 @@ fn an_unwritable_destination_is_an_error_naming_it() {
         compression: Compression::Gzip,
         gzip_level: 1,
         threads: 1,
+        page_checks: None,
     };
     let error = copy_files(tasks, &options, &mut keep_going).unwrap_err();
     assert!(matches!(error, CopyError::Write { .. }), "{error}");
@@ -249,6 +252,7 @@ fn paths_must_stay_inside_the_destination() {
         compression: Compression::None,
         gzip_level: 1,
         threads: 1,
+        page_checks: None,
     };
     let tasks = vec![task(
         Path::new("/etc/hostname"),
@@ -279,6 +283,7 @@ fn cancelling_stops_the_workers_and_removes_partial_files() {
         compression: Compression::Gzip,
         gzip_level: 9,
         threads: 2,
+        page_checks: None,
     };
     let started = Instant::now();
     let mut polls: Vec<Instant> = Vec::new();
@@ -302,4 +307,98 @@ fn cancelling_stops_the_workers_and_removes_partial_files() {
         .map(|entries| entries.map(|entry| entry.unwrap().path()).collect())
         .unwrap_or_default();
     assert_eq!(leftovers, Vec::<PathBuf>::new());
+}
+
+/// A relation page as PostgreSQL writes one, with its checksum.
+fn checked_page(block: u32, lsn: u64, fill: u8) -> Vec<u8> {
+    let mut page = vec![fill; 8192];
+    page[0..4].copy_from_slice(&((lsn >> 32) as u32).to_le_bytes());
+    page[4..8].copy_from_slice(&(lsn as u32).to_le_bytes());
+    page[14..16].copy_from_slice(&8000u16.to_le_bytes());
+    let checksum = blockbackup_core::page_checksum::page_checksum(&page, block);
+    page[8..10].copy_from_slice(&checksum.to_le_bytes());
+    page
+}
+
+#[test]
+fn page_checksums_are_checked_as_pages_are_read() {
+    use blockbackup_core::copy_pipeline::PageChecks;
+    use blockbackup_core::page_checksum::PageChecksumFailure;
+    use blockbackup_core::Lsn;
+    let scratch = tempfile::tempdir().unwrap();
+    let source = scratch.path().join("source");
+    fs::create_dir_all(source.join("base/5")).unwrap();
+    // Segment 1 of a relation with 4-block segments: blocks 4 to 7.
+    let mut segment: Vec<u8> = (4..8)
+        .flat_map(|b| checked_page(b, 0x100, b as u8))
+        .collect();
+    segment[2 * 8192 + 100] ^= 0xFF; // block 6: damaged
+    let mut newer = checked_page(7, 0x900, 7); // block 7: newer than the start
+    newer[200] ^= 0xFF;
+    segment[3 * 8192..].copy_from_slice(&newer);
+    fs::write(source.join("base/5/16384.1"), &segment).unwrap();
+    // Not a relation file: never checked.
+    fs::write(source.join("base/5/PG_VERSION"), vec![1u8; 8192]).unwrap();
+    let mut incremental = (0..3)
+        .flat_map(|b| checked_page(b, 0x100, 9))
+        .collect::<Vec<u8>>();
+    incremental[8192 + 5] ^= 1; // block 1 of base/5/16385: damaged
+    fs::write(source.join("base/5/16385"), &incremental).unwrap();
+    let task = |path: &str, method: FileMethod| CopyTask {
+        source: source.join(path),
+        path: path.to_owned(),
+        method,
+        kind: StoredKind::Whole,
+        mtime: 0,
+    };
+    let tasks = vec![
+        task("base/5/16384.1", FileMethod::Whole),
+        task("base/5/PG_VERSION", FileMethod::Whole),
+        CopyTask {
+            kind: StoredKind::Incremental,
+            ..task(
+                "base/5/16385",
+                FileMethod::Incremental(IncrementalHeader {
+                    block_size: 8192,
+                    truncation_blocks: 3,
+                    blocks: vec![1, 2],
+                }),
+            )
+        },
+    ];
+    let mut options = CopyOptions {
+        dest_dir: scratch.path().join("dest"),
+        compression: Compression::None,
+        gzip_level: 6,
+        threads: 2,
+        page_checks: Some(PageChecks {
+            start_lsn: Lsn(0x800),
+            block_size: 8192,
+            segment_blocks: 4,
+        }),
+    };
+    let (stored, stats) =
+        copy_files(tasks.clone(), &options, &mut |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(
+        stats.page_checksum_failures,
+        vec![
+            PageChecksumFailure {
+                path: "base/5/16384.1".into(),
+                block: 6
+            },
+            PageChecksumFailure {
+                path: "base/5/16385".into(),
+                block: 1
+            },
+        ]
+    );
+    // The damaged page is stored as it was read.
+    let copy = fs::read(scratch.path().join("dest/base/5/16384.1")).unwrap();
+    assert_eq!(copy, segment);
+    assert_eq!(stored.len(), 3);
+
+    options.page_checks = None;
+    options.dest_dir = scratch.path().join("dest2");
+    let (_, stats) = copy_files(tasks, &options, &mut |_| ControlFlow::Continue(())).unwrap();
+    assert!(stats.page_checksum_failures.is_empty());
 }

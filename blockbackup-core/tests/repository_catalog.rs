@@ -166,38 +166,47 @@ fn lists_by_start_time_and_reports_damaged_backups() {
     let ids: Vec<String> = repository
         .list()
         .unwrap()
+        .records
         .into_iter()
         .map(|record| record.backup_id)
         .collect();
     assert_eq!(ids, vec!["B", "C", "A"]);
 
+    // Damaged entries are listed apart, and the others still are.
+    let problem_of = |id: &str| {
+        let catalog = repository.list().unwrap();
+        assert_eq!(catalog.records.len(), 3, "{catalog:?}");
+        catalog
+            .damaged_entry(id)
+            .map(|entry| entry.problem.clone())
+            .unwrap_or_else(|| panic!("{id} not listed as damaged: {catalog:?}"))
+    };
     fs::create_dir_all(backups.join("D")).unwrap();
-    let error = repository.list().unwrap_err();
+    let problem = problem_of("D");
     assert!(
-        error.to_string().contains("backups/D/backup.json"),
-        "{error}"
+        problem.contains("backups/D/backup.json") && problem.contains("missing"),
+        "{problem}"
     );
     fs::write(backups.join("D/backup.json"), b"{\"backup_id\": 3}").unwrap();
-    let error = repository.list().unwrap_err();
-    assert!(matches!(error, RepositoryError::BadJson { .. }), "{error}");
+    assert!(problem_of("D").contains("could not be parsed"));
+    fs::write(backups.join("D/backup.json"), b"garbage").unwrap();
+    assert!(problem_of("D").contains("could not be parsed"));
     let mut misplaced = record("E", BackupMode::Full, None, 1);
     fs::write(
         backups.join("D/backup.json"),
         serde_json::to_vec(&misplaced).unwrap(),
     )
     .unwrap();
-    let error = repository.list().unwrap_err();
-    assert!(
-        matches!(error, RepositoryError::RecordMismatch { .. }),
-        "{error}"
-    );
+    assert!(problem_of("D").contains("describes backup \"E\""));
     misplaced.backup_id = "D".to_owned();
     fs::write(
         backups.join("D/backup.json"),
         serde_json::to_vec(&misplaced).unwrap(),
     )
     .unwrap();
-    assert_eq!(repository.list().unwrap().len(), 4);
+    let catalog = repository.list().unwrap();
+    assert_eq!(catalog.records.len(), 4);
+    assert!(catalog.damaged.is_empty());
 }
 
 #[test]
@@ -226,7 +235,7 @@ fn removal_goes_through_a_deleting_name() {
     assert!(!repository.backup_dir("A").exists());
     assert!(!repository.root().join("backups/.deleting-A").exists());
     assert!(!repository.root().join("backups/.deleting-Z").exists());
-    assert_eq!(repository.list().unwrap().len(), 1);
+    assert_eq!(repository.list().unwrap().records.len(), 1);
     assert!(matches!(
         repository.remove_backup("A"),
         Err(RepositoryError::BackupNotFound { .. })
@@ -340,6 +349,7 @@ fn validate_finds_damage(gzip: bool) {
 
     let report = repository.validate_backup_files(&a, &contents);
     assert_eq!(report.errors, Vec::<String>::new());
+    assert_eq!(report.unchecked, Vec::<String>::new());
     assert_eq!(report.files_checked, 4);
     assert_eq!(report.bytes_checked, 3 + 20_000 + 300 + 100);
 

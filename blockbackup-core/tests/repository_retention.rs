@@ -5,7 +5,9 @@ mod fixtures;
 
 use blockbackup_core::catalog::{BackupMode, BackupRecord, BackupStatus, DumpDetails};
 use blockbackup_core::lsn::Lsn;
-use blockbackup_core::repository::{delete_plan, expire_plan, ExpireAction, RepositoryError};
+use blockbackup_core::repository::{
+    delete_plan, expire_plan, Catalog, DamagedEntry, ExpireAction, RepositoryError,
+};
 use fixtures::cluster;
 
 const DAY: i64 = 86_400_000_000;
@@ -44,13 +46,20 @@ fn history() -> Vec<BackupRecord> {
     ]
 }
 
+fn catalog(records: Vec<BackupRecord>) -> Catalog {
+    Catalog {
+        records,
+        damaged: Vec::new(),
+    }
+}
+
 fn ids(plan: &[(String, ExpireAction)]) -> Vec<&str> {
     plan.iter().map(|(id, _)| id.as_str()).collect()
 }
 
 #[test]
 fn without_rules_only_failed_backups_go() {
-    let plan = expire_plan(&history(), None, None, NOW);
+    let plan = expire_plan(&catalog(history()), None, None, NOW);
     assert_eq!(plan, vec![("E".to_owned(), ExpireAction::DeletedFailed)]);
     assert_eq!(
         ExpireAction::DeletedFailed.as_str(),
@@ -61,14 +70,14 @@ fn without_rules_only_failed_backups_go() {
 
 #[test]
 fn keep_full_keeps_the_newest_chains_whole() {
-    let plan = expire_plan(&history(), Some(1), None, NOW);
+    let plan = expire_plan(&catalog(history()), Some(1), None, NOW);
     assert_eq!(ids(&plan), vec!["I1b", "I1a", "E", "F1"]);
     assert!(plan[..2]
         .iter()
         .all(|(_, action)| *action == ExpireAction::Deleted));
     assert_eq!(plan[2].1, ExpireAction::DeletedFailed);
     assert_eq!(
-        expire_plan(&history(), Some(2), None, NOW),
+        expire_plan(&catalog(history()), Some(2), None, NOW),
         vec![("E".to_owned(), ExpireAction::DeletedFailed)]
     );
 }
@@ -78,22 +87,67 @@ fn keep_full_counts_only_usable_full_backups() {
     let mut records = history();
     records.push(backup("F3", None, 1, Corrupt));
     records.push(backup("I3", Some("F3"), 0, Done));
-    // F3 is not usable: F2 is still the newest, and F3's chain goes.
-    let plan = expire_plan(&records, Some(1), None, NOW);
-    assert_eq!(ids(&plan), vec!["I1b", "I1a", "I3", "E", "F1", "F3"]);
+    // F3 is not usable: F2 is still the newest usable one. But F3 is the
+    // newest full backup, and a status can be wrong for a while (damage
+    // found by a validation that met a transient problem): its chain stays.
+    let plan = expire_plan(&catalog(records.clone()), Some(1), None, NOW);
+    assert_eq!(ids(&plan), vec!["I1b", "I1a", "E", "F1"]);
+}
+
+#[test]
+fn the_only_full_backup_survives_keep_full_even_when_corrupt() {
+    // The case that lost a repository's only full backup: validation
+    // had marked it CORRUPT after a permission problem.
+    let records = vec![
+        backup("F", None, 3, Corrupt),
+        backup("I", Some("F"), 2, Done),
+        backup("E", Some("I"), 1, Error),
+    ];
+    for keep_full in [0, 1, 2] {
+        let plan = expire_plan(&catalog(records.clone()), Some(keep_full), None, NOW);
+        assert_eq!(ids(&plan), vec!["E"], "keep_full {keep_full}");
+    }
+    let plan = expire_plan(&catalog(records), None, Some(0), NOW);
+    assert_eq!(ids(&plan), vec!["E"]);
+}
+
+#[test]
+fn damaged_entries_and_what_depends_on_them_are_never_expired() {
+    let mut records = history();
+    records.push(backup("I9", Some("X"), 40, Done));
+    records.push(backup("I10", Some("I9"), 39, Done));
+    let with_damage = Catalog {
+        records: records.clone(),
+        damaged: vec![DamagedEntry {
+            backup_id: "X".to_owned(),
+            problem: "not valid JSON".to_owned(),
+        }],
+    };
+    let plan = expire_plan(&with_damage, Some(1), None, NOW);
+    assert_eq!(ids(&plan), vec!["I1b", "I1a", "E", "F1"]);
+    // Deleting the damaged entry itself is the user's call.
+    let error = delete_plan(&with_damage, "X", false).unwrap_err();
+    assert!(
+        matches!(error, RepositoryError::HasChildren { .. }),
+        "{error}"
+    );
+    assert_eq!(
+        delete_plan(&with_damage, "X", true).unwrap(),
+        vec!["I10", "I9", "X"]
+    );
 }
 
 #[test]
 fn keep_days_keeps_recent_backups_and_what_they_need() {
     // Only I2b ended within 5 days, and it needs F2 and I2a.
-    let plan = expire_plan(&history(), None, Some(5), NOW);
+    let plan = expire_plan(&catalog(history()), None, Some(5), NOW);
     assert_eq!(ids(&plan), vec!["I1b", "I1a", "E", "F1"]);
     // 29.5 days keep I1b and so its whole chain.
-    let plan = expire_plan(&history(), None, Some(29), NOW);
+    let plan = expire_plan(&catalog(history()), None, Some(29), NOW);
     assert_eq!(ids(&plan), vec!["E"]);
-    let plan = expire_plan(&history(), None, Some(28), NOW);
+    let plan = expire_plan(&catalog(history()), None, Some(28), NOW);
     assert_eq!(ids(&plan), vec!["E"]);
-    let plan = expire_plan(&history(), None, Some(27), NOW);
+    let plan = expire_plan(&catalog(history()), None, Some(27), NOW);
     assert_eq!(ids(&plan), vec!["I1b", "I1a", "E", "F1"]);
 }
 
@@ -102,7 +156,7 @@ fn either_rule_keeps() {
     let mut records = history();
     records.push(backup("F0", None, 60, Done));
     // keep_full 1 keeps chain 2, keep_days 29 keeps chain 1; F0 goes.
-    let plan = expire_plan(&records, Some(1), Some(29), NOW);
+    let plan = expire_plan(&catalog(records.clone()), Some(1), Some(29), NOW);
     assert_eq!(ids(&plan), vec!["E", "F0"]);
 }
 
@@ -110,14 +164,14 @@ fn either_rule_keeps() {
 fn running_backups_and_their_parents_are_never_touched() {
     let mut records = history();
     records.push(backup("R", Some("I1b"), 0, Running));
-    let plan = expire_plan(&records, Some(1), Some(1), NOW);
+    let plan = expire_plan(&catalog(records.clone()), Some(1), Some(1), NOW);
     assert_eq!(ids(&plan), vec!["E"]);
 }
 
 #[test]
 fn failed_backups_go_even_when_recent() {
     let records = vec![backup("F", None, 0, Done), backup("E", Some("F"), 0, Error)];
-    let plan = expire_plan(&records, Some(5), Some(5), NOW);
+    let plan = expire_plan(&catalog(records.clone()), Some(5), Some(5), NOW);
     assert_eq!(plan, vec![("E".to_owned(), ExpireAction::DeletedFailed)]);
 }
 
@@ -129,30 +183,33 @@ fn dumps_count_separately_under_keep_full() {
         dump.mode = BackupMode::Dump;
         records.push(dump);
     }
-    let plan = expire_plan(&records, Some(1), None, NOW);
+    let plan = expire_plan(&catalog(records.clone()), Some(1), None, NOW);
     assert_eq!(ids(&plan), vec!["I1b", "I1a", "D1", "E", "F1"]);
 }
 
 #[test]
 fn deleting_requires_cascade_for_parents() {
     let records = history();
-    assert_eq!(delete_plan(&records, "I2b", false).unwrap(), vec!["I2b"]);
-    let error = delete_plan(&records, "I2a", false).unwrap_err();
+    assert_eq!(
+        delete_plan(&catalog(records.clone()), "I2b", false).unwrap(),
+        vec!["I2b"]
+    );
+    let error = delete_plan(&catalog(records.clone()), "I2a", false).unwrap_err();
     assert!(
         matches!(&error, RepositoryError::HasChildren { id, children } if id == "I2a" && children == &["I2b".to_owned()]),
         "{error}"
     );
     assert!(error.to_string().contains("cascade"), "{error}");
     assert_eq!(
-        delete_plan(&records, "F1", true).unwrap(),
+        delete_plan(&catalog(records.clone()), "F1", true).unwrap(),
         vec!["I1b", "I1a", "F1"]
     );
     assert!(matches!(
-        delete_plan(&records, "nope", true),
+        delete_plan(&catalog(records.clone()), "nope", true),
         Err(RepositoryError::BackupNotFound { .. })
     ));
     assert!(matches!(
-        delete_plan(&records, "../F1", true),
+        delete_plan(&catalog(records.clone()), "../F1", true),
         Err(RepositoryError::InvalidBackupId { .. })
     ));
 }
@@ -162,7 +219,7 @@ fn cascade_takes_every_branch_children_first() {
     let mut records = history();
     records.push(backup("I2c", Some("F2"), 1, Done));
     records.push(backup("I2d", Some("I2c"), 0, Done));
-    let plan = delete_plan(&records, "F2", true).unwrap();
+    let plan = delete_plan(&catalog(records.clone()), "F2", true).unwrap();
     assert_eq!(plan, vec!["I2b", "I2d", "I2a", "I2c", "F2"]);
 }
 
@@ -189,7 +246,7 @@ fn keep_full_keeps_the_newest_dumps_of_each_database() {
         dump("B1", "billing", 30, Done),
         dump("A3", "app", 1, Error),
     ];
-    let plan = expire_plan(&records, Some(1), None, NOW);
+    let plan = expire_plan(&catalog(records.clone()), Some(1), None, NOW);
     assert_eq!(ids(&plan), vec!["A1", "A3"]);
 }
 
@@ -197,8 +254,8 @@ fn keep_full_keeps_the_newest_dumps_of_each_database() {
 fn a_running_dump_cannot_be_deleted() {
     let records = vec![dump("D", "app", 0, Running)];
     assert!(matches!(
-        delete_plan(&records, "D", false),
+        delete_plan(&catalog(records.clone()), "D", false),
         Err(RepositoryError::StillRunning { id }) if id == "D"
     ));
-    assert!(expire_plan(&records, Some(0), Some(0), NOW).is_empty());
+    assert!(expire_plan(&catalog(records.clone()), Some(0), Some(0), NOW).is_empty());
 }

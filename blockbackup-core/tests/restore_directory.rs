@@ -79,6 +79,7 @@ fn options(target: &Path) -> RestoreOptions {
         recovery_target_lsn: None,
         recovery_target_name: None,
         threads: 2,
+        rules: Default::default(),
     }
 }
 
@@ -174,7 +175,8 @@ fn restores_the_newest_backup_with_tablespace_in_place() {
             .is_dir());
         let conf = fs::read_to_string(target.join("postgresql.auto.conf")).unwrap();
         assert!(
-            conf.lines().any(|l| l == "allow_in_place_tablespaces = on"),
+            conf.lines()
+                .any(|l| l == "allow_in_place_tablespaces = 'on'"),
             "{conf}"
         );
         assert!(
@@ -288,7 +290,10 @@ fn bad_tablespace_mappings_are_refused_before_writing() {
         options.tablespace_mapping = vec![(key.to_owned(), location.clone())];
         let error = run(&backups, &options).unwrap_err();
         assert!(
-            matches!(error, RestoreError::BadTablespaceMapping { .. }),
+            matches!(
+                error,
+                RestoreError::BadTablespaceMapping { .. } | RestoreError::Destination(_)
+            ),
             "{key} {location:?}: {error}"
         );
         assert!(!target.exists());
@@ -321,6 +326,39 @@ fn recovery_target_settings() {
     assert!(error.to_string().contains("0/20000FF"), "{error}");
     assert!(!target.exists());
 
+    // Without an archive, only as far as the backup's own WAL reaches:
+    // its stop LSN, or its newest restore point.
+    options.recovery_target_lsn = Some(Lsn(0x300_0000));
+    let error = run(&backups, &options).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            RestoreError::TargetUnreachable {
+                reach: Lsn(0x200_0100),
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(!target.exists());
+    options.recovery_target_lsn = Some(Lsn(0x200_0100));
+    run(&backups, &options).unwrap();
+    fs::remove_dir_all(&target).unwrap();
+
+    let mut backups = backups;
+    backups.last_mut().unwrap().record.restore_points = vec![RestorePoint {
+        name: "later".into(),
+        lsn: Lsn(0x300_0000),
+        time_us: 0,
+    }];
+    options.recovery_target_lsn = Some(Lsn(0x300_0001));
+    assert!(matches!(
+        run(&backups, &options).unwrap_err(),
+        RestoreError::TargetUnreachable {
+            reach: Lsn(0x300_0000),
+            ..
+        }
+    ));
     options.recovery_target_lsn = Some(Lsn(0x300_0000));
     run(&backups, &options).unwrap();
     assert_eq!(fs::read(target.join("recovery.signal")).unwrap(), b"");
@@ -332,7 +370,7 @@ fn recovery_target_settings() {
     for line in [
         "restore_command = '/bin/false'",
         "recovery_target_lsn = '0/3000000'",
-        "recovery_target_inclusive = on",
+        "recovery_target_inclusive = 'on'",
         "recovery_target_action = 'promote'",
     ] {
         assert!(

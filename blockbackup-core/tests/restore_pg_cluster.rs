@@ -252,6 +252,7 @@ fn a_restored_chain_verifies_starts_and_has_the_data() {
         recovery_target_lsn: None,
         recovery_target_name: None,
         threads: 2,
+        rules: Default::default(),
     };
     let stats = restore(&chain(&backups), &options, &mut |_| {
         ControlFlow::Continue(())
@@ -285,6 +286,7 @@ fn a_restored_chain_verifies_starts_and_has_the_data() {
         recovery_target_lsn: Some(Lsn(stop_lsn.0)),
         recovery_target_name: None,
         threads: 3,
+        rules: Default::default(),
     };
     restore(&chain(&backups), &options, &mut |_| {
         ControlFlow::Continue(())

@@ -219,7 +219,7 @@ impl Drop for CancelOnError {
 /// Errors unless `database` exists and accepts connections.
 fn check_database(database: &str) {
     let args: [DatumWithOid; 1] = [database.into()];
-    let allows = Spi::get_one_with_args::<bool>(
+    let allows = crate::read_only_sql::one::<bool>(
         "SELECT datallowconn FROM pg_catalog.pg_database WHERE datname = $1",
         &args,
     );

@@ -3,14 +3,16 @@
 
 use std::time::Instant;
 
-use blockbackup_core::catalog::{BackupRecord, BackupStatus, Compression};
-use blockbackup_core::repository::{delete_plan, expire_plan, validate_backup_id};
+use blockbackup_core::catalog::Compression;
+use blockbackup_core::repository::validate_backup_id;
+use blockbackup_core::upkeep;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
 use crate::backup::restore::{restore_backup as restore, RestoreRequest};
 use crate::backup::take::{take_backup as take, RequestedMode, TakeRequest};
 use crate::backup::{repository_access, restore_point, session};
+use crate::errors::required;
 use crate::sql_types::PgLsn;
 use crate::{errors, settings, shared_state};
 
@@ -26,15 +28,22 @@ fn parse_compression(text: &str) -> Compression {
         "none" => Compression::None,
         "gzip" => Compression::Gzip,
         other => errors::invalid_argument(
-            format!("unknown compression \"{other}\""),
+            format!("unknown compression \"{other}\"; the choices are none, gzip"),
             "Use 'none' or 'gzip' (argument compress, or blockbackup.compression).",
         ),
     }
 }
 
+/// Warnings of the repository's upkeep, as the server's WARNINGs.
+fn warn_all(warnings: Vec<String>) {
+    for message in warnings {
+        warning!("pg_blockbackup: {message}");
+    }
+}
+
 #[pg_extern(volatile)]
 fn take_backup(
-    mode: default!(String, "'auto'"),
+    mode: default!(Option<String>, "'auto'"),
     label: default!(Option<String>, "NULL"),
     compress: default!(Option<String>, "NULL"),
     parallel: default!(Option<i32>, "NULL"),
@@ -54,6 +63,7 @@ fn take_backup(
 > {
     shared_state::ensure_preloaded();
     let began = Instant::now();
+    let mode = required(mode, "mode");
     let mode = match mode.as_str() {
         "auto" => RequestedMode::Auto,
         "full" => RequestedMode::Full,
@@ -63,11 +73,12 @@ fn take_backup(
             "Use 'auto' (incremental when possible), 'full' or 'incremental'.",
         ),
     };
+    if let Some(label) = &label {
+        session::check_label(label);
+    }
     let compression = match compress {
         Some(text) => parse_compression(&text),
-        None => parse_compression(
-            &settings::text(&settings::COMPRESSION).unwrap_or_else(|| "none".into()),
-        ),
+        None => settings::COMPRESSION.get().compression(),
     };
     let threads = parallel.unwrap_or_else(|| settings::PARALLEL.get());
     if !(1..=64).contains(&threads) {
@@ -100,43 +111,68 @@ fn backups() -> TableIterator<
     'static,
     (
         name!(backup_id, String),
-        name!(mode, String),
+        name!(mode, Option<String>),
         name!(status, String),
         name!(parent_backup_id, Option<String>),
         name!(label, Option<String>),
-        name!(timeline, i32),
-        name!(start_lsn, PgLsn),
+        name!(timeline, Option<i32>),
+        name!(start_lsn, Option<PgLsn>),
         name!(stop_lsn, Option<PgLsn>),
         name!(start_time, Option<TimestampWithTimeZone>),
         name!(end_time, Option<TimestampWithTimeZone>),
-        name!(bytes_read, i64),
-        name!(bytes_written, i64),
-        name!(compression, String),
+        name!(bytes_read, Option<i64>),
+        name!(bytes_written, Option<i64>),
+        name!(compression, Option<String>),
+        name!(error, Option<String>),
+        name!(checksum_failures, Option<i64>),
     ),
 > {
     let repo = repository_access::open_for_writing();
-    // With the lock free no backup runs: a RUNNING one was cut off.
-    if let Ok(_lock) = repo.lock() {
-        repository_access::mark_interrupted_backups(&repo);
-    }
-    let records = repo.list().unwrap_or_else(|e| errors::repository(e));
-    TableIterator::new(records.into_iter().map(|r: BackupRecord| {
+    let catalog = repository_access::catalog_marking_interrupted(&repo);
+    let mut rows: Vec<_> = catalog
+        .records
+        .into_iter()
+        .map(|r| {
+            (
+                r.backup_id,
+                Some(r.mode.as_str().to_string()),
+                r.status.as_str().to_string(),
+                r.parent_backup_id,
+                r.label,
+                Some(r.timeline as i32),
+                Some(PgLsn(r.start_lsn)),
+                r.stop_lsn.map(PgLsn),
+                timestamp(Some(r.start_time_us)),
+                timestamp(r.end_time_us),
+                Some(r.bytes_read as i64),
+                Some(r.bytes_written as i64),
+                Some(r.compression.as_str().to_string()),
+                r.error,
+                Some(r.checksum_failures as i64),
+            )
+        })
+        .collect();
+    // Entries whose record cannot be read: shown, never used.
+    rows.extend(catalog.damaged.into_iter().map(|entry| {
         (
-            r.backup_id,
-            r.mode.as_str().to_string(),
-            r.status.as_str().to_string(),
-            r.parent_backup_id,
-            r.label,
-            r.timeline as i32,
-            PgLsn(r.start_lsn),
-            r.stop_lsn.map(PgLsn),
-            timestamp(Some(r.start_time_us)),
-            timestamp(r.end_time_us),
-            r.bytes_read as i64,
-            r.bytes_written as i64,
-            r.compression.as_str().to_string(),
+            entry.backup_id,
+            None,
+            "CORRUPT".to_string(),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(entry.problem),
+            None,
         )
-    }))
+    }));
+    TableIterator::new(rows)
 }
 
 #[pg_extern(volatile)]
@@ -183,29 +219,50 @@ fn validate_backup(
         validate_backup_id(id).unwrap_or_else(|e| errors::repository(e));
     }
     let repo = repository_access::open_for_writing();
-    let _lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
-    let records: Vec<BackupRecord> = match &backup_id {
-        Some(id) => vec![repo
-            .read_record(id)
-            .unwrap_or_else(|e| errors::repository(e))],
-        None => repo.list().unwrap_or_else(|e| errors::repository(e)),
-    };
-    let mut rows = Vec::new();
-    for record in records {
-        if record.status == BackupStatus::Running {
-            continue;
-        }
-        let (record, report) = repo
-            .validate_and_record(record)
-            .unwrap_or_else(|e| errors::repository(e));
-        rows.push((
-            record.backup_id,
-            record.status.as_str().to_string(),
-            report.files_checked as i64,
-            report.bytes_checked as i64,
-            report.errors,
-        ));
-    }
+    let lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
+    let (rows, warnings) = upkeep::validate(&repo, &lock, backup_id.as_deref())
+        .unwrap_or_else(|e| errors::repository(e));
+    warn_all(warnings);
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|row| {
+            for problem in &row.report.unchecked {
+                warning!(
+                    "pg_blockbackup: backup {} could not be fully checked, its status stays {}: {problem}",
+                    row.backup_id,
+                    row.status.as_str()
+                );
+            }
+            if let Some(why) = &row.not_recorded {
+                warning!(
+                    "pg_blockbackup: the new status {} of backup {} could not be recorded: {why}",
+                    row.status.as_str(),
+                    row.backup_id
+                );
+            }
+            if !row.report.source_damage.is_empty() {
+                warning!(
+                    "pg_blockbackup: backup {} holds pages that failed their checksum when it was taken (listed in errors)",
+                    row.backup_id
+                );
+            }
+            let mut messages = row.report.errors;
+            messages.extend(row.report.source_damage);
+            messages.extend(
+                row.report
+                    .unchecked
+                    .into_iter()
+                    .map(|problem| format!("not checked: {problem}")),
+            );
+            (
+                row.backup_id,
+                row.status.as_str().to_string(),
+                row.report.files_checked as i64,
+                row.report.bytes_checked as i64,
+                messages,
+            )
+        })
+        .collect();
     TableIterator::new(rows)
 }
 
@@ -223,47 +280,37 @@ fn expire_backups(
         }
     }
     let repo = repository_access::open_for_writing();
-    let _lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
-    repository_access::mark_interrupted_backups(&repo);
-    let records = repo.list().unwrap_or_else(|e| errors::repository(e));
-    let now_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    let plan = expire_plan(
-        &records,
+    let lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
+    let now_us = blockbackup_core::civil_time::unix_now_us();
+    let (rows, warnings) = upkeep::expire(
+        &repo,
+        &lock,
         keep_full.map(|v| v as u32),
         keep_days.map(|v| v as u32),
         now_us,
-    );
-    let mut rows = Vec::new();
-    for (id, action) in plan {
-        repo.remove_backup(&id)
-            .unwrap_or_else(|e| errors::repository(e));
-        rows.push((id, action.as_str().to_string()));
-    }
-    TableIterator::new(rows)
+    )
+    .unwrap_or_else(|e| errors::repository(e));
+    warn_all(warnings);
+    TableIterator::new(rows.into_iter().map(|row| (row.backup_id, row.action)))
 }
 
 #[pg_extern(volatile)]
-fn delete_backup(backup_id: String, cascade: default!(bool, false)) -> i32 {
+fn delete_backup(backup_id: Option<String>, cascade: default!(Option<bool>, false)) -> i32 {
+    let backup_id = required(backup_id, "backup_id");
+    let cascade = required(cascade, "cascade");
     validate_backup_id(&backup_id).unwrap_or_else(|e| errors::repository(e));
     let repo = repository_access::open_for_writing();
-    let _lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
-    repository_access::mark_interrupted_backups(&repo);
-    let records = repo.list().unwrap_or_else(|e| errors::repository(e));
-    let doomed =
-        delete_plan(&records, &backup_id, cascade).unwrap_or_else(|e| errors::repository(e));
-    for id in &doomed {
-        repo.remove_backup(id)
-            .unwrap_or_else(|e| errors::repository(e));
-    }
+    let lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
+    let (doomed, warnings) =
+        upkeep::delete(&repo, &lock, &backup_id, cascade).unwrap_or_else(|e| errors::repository(e));
+    warn_all(warnings);
     doomed.len() as i32
 }
 
 #[pg_extern(volatile)]
 fn restore_backup(
-    backup_id: String,
-    target_dir: String,
+    backup_id: Option<String>,
+    target_dir: Option<String>,
     recovery_target_lsn: default!(Option<PgLsn>, "NULL"),
     tablespace_mapping: default!(Option<JsonB>, "NULL"),
     recovery_target_name: default!(Option<String>, "NULL"),
@@ -277,8 +324,8 @@ fn restore_backup(
 > {
     let began = Instant::now();
     let stats = restore(RestoreRequest {
-        backup_id,
-        target: target_dir,
+        backup_id: required(backup_id, "backup_id"),
+        target: required(target_dir, "target_dir"),
         recovery_target_lsn: recovery_target_lsn.map(|lsn| lsn.0),
         recovery_target_name,
         tablespace_mapping: tablespace_mapping.map(|json| json.0),
@@ -292,8 +339,8 @@ fn restore_backup(
 
 #[pg_extern(volatile)]
 fn backup_start(
-    label: String,
-    fast: default!(bool, true),
+    label: Option<String>,
+    fast: default!(Option<bool>, true),
 ) -> TableIterator<
     'static,
     (
@@ -304,6 +351,9 @@ fn backup_start(
         name!(parent_start_lsn, Option<PgLsn>),
     ),
 > {
+    let label = required(label, "label");
+    let fast = required(fast, "fast");
+    session::check_label(&label);
     let started = session::start(&label, fast);
     TableIterator::once((
         started.backup_id,
@@ -335,7 +385,7 @@ fn backup_stop() -> TableIterator<
 
 #[pg_extern(volatile)]
 fn create_restore_point(
-    name: String,
+    name: Option<String>,
     backup_id: default!(Option<String>, "NULL"),
 ) -> TableIterator<
     'static,
@@ -346,6 +396,7 @@ fn create_restore_point(
     ),
 > {
     shared_state::ensure_preloaded();
+    let name = required(name, "name");
     let created = restore_point::create(&name, backup_id.as_deref());
     TableIterator::once((
         created.backup_id,
@@ -365,8 +416,9 @@ fn restore_points() -> TableIterator<
     ),
 > {
     let repo = repository_access::open_for_writing();
-    let records = repo.list().unwrap_or_else(|e| errors::repository(e));
-    let rows: Vec<_> = records
+    let catalog = repo.list().unwrap_or_else(|e| errors::repository(e));
+    let rows: Vec<_> = catalog
+        .records
         .into_iter()
         .flat_map(|record| {
             let id = record.backup_id;

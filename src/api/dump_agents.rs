@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 
 use crate::agent::agent_table::AgentSlot;
 use crate::agent::launch;
+use crate::errors::required;
 use crate::{errors, shared_state};
 
 /// A `launch_dump_agent` / `wait_dump_agent` row: agent_id, status,
@@ -35,6 +36,31 @@ fn result_row(slot: AgentSlot) -> ResultRow {
     )
 }
 
+/// A one-dimensional text array without NULLs, as a list.
+fn text_list(array: Array<'_, String>, name: &str) -> Vec<String> {
+    // SAFETY: the array pointer is valid for the call; only its header is
+    // read, and the Array is rebuilt from it at once.
+    let raw = array.into_array_type();
+    let dimensions = unsafe { (*raw).ndim };
+    if dimensions > 1 {
+        errors::invalid_argument(
+            format!("{name} must be a one-dimensional array, got {dimensions} dimensions"),
+            "Pass one option per element, e.g. '{--schema=app,--no-owner}'.",
+        );
+    }
+    let array = unsafe {
+        Array::<String>::from_datum(pgrx::pg_sys::Datum::from(raw), false)
+            .unwrap_or_else(|| errors::null_argument(name))
+    };
+    array
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.unwrap_or_else(|| errors::null_argument(&format!("{name}[{}]", i + 1)))
+        })
+        .collect()
+}
+
 /// 0 stands for "not yet".
 fn timestamp(unix_us: i64) -> Option<TimestampWithTimeZone> {
     super::backups::timestamp(Some(unix_us).filter(|&us| us != 0))
@@ -42,11 +68,11 @@ fn timestamp(unix_us: i64) -> Option<TimestampWithTimeZone> {
 
 #[pg_extern(volatile)]
 fn launch_dump_agent(
-    dbname: String,
-    format: default!(String, "'custom'"),
-    jobs: default!(i32, 1),
-    extra_args: default!(Vec<String>, "'{}'"),
-    wait: default!(bool, true),
+    dbname: Option<String>,
+    format: default!(Option<String>, "'custom'"),
+    jobs: default!(Option<i32>, 1),
+    extra_args: default!(Option<Array<'_, String>>, "'{}'"),
+    wait: default!(Option<bool>, true),
 ) -> TableIterator<
     'static,
     (
@@ -61,6 +87,11 @@ fn launch_dump_agent(
     ),
 > {
     shared_state::ensure_preloaded();
+    let dbname = required(dbname, "dbname");
+    let format = required(format, "format");
+    let jobs = required(jobs, "jobs");
+    let wait = required(wait, "wait");
+    let extra_args = text_list(required(extra_args, "extra_args"), "extra_args");
     let request = DumpRequest::new(&dbname, &format, i64::from(jobs), &extra_args)
         .unwrap_or_else(|e| errors::dump_request(e));
     TableIterator::once(result_row(launch::launch(request, wait)))
@@ -68,7 +99,7 @@ fn launch_dump_agent(
 
 #[pg_extern(volatile)]
 fn wait_dump_agent(
-    agent_id: i64,
+    agent_id: Option<i64>,
     timeout_ms: default!(Option<i32>, "NULL"),
 ) -> TableIterator<
     'static,
@@ -84,6 +115,7 @@ fn wait_dump_agent(
     ),
 > {
     shared_state::ensure_preloaded();
+    let agent_id = required(agent_id, "agent_id");
     let timeout = match timeout_ms {
         Some(ms) if ms < 0 => errors::invalid_argument(
             format!("timeout_ms must not be negative, got {ms}"),
@@ -96,8 +128,9 @@ fn wait_dump_agent(
 }
 
 #[pg_extern(volatile)]
-fn cancel_dump_agent(agent_id: i64) -> bool {
+fn cancel_dump_agent(agent_id: Option<i64>) -> bool {
     shared_state::ensure_preloaded();
+    let agent_id = required(agent_id, "agent_id");
     launch::cancel(agent_id)
 }
 

@@ -8,6 +8,7 @@ use blockbackup_core::{relation_path, BlockMap, Lsn};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::errors::required;
 use crate::sql_types::{PgLsn, ZeroableOid};
 use crate::{errors, server_paths, settings, shared_state, summarizer, summary_store};
 
@@ -76,8 +77,8 @@ fn summaries() -> TableIterator<
 
 #[pg_extern(volatile, parallel_safe)]
 fn changed_blocks(
-    start_lsn: PgLsn,
-    end_lsn: PgLsn,
+    start_lsn: Option<PgLsn>,
+    end_lsn: Option<PgLsn>,
 ) -> TableIterator<
     'static,
     (
@@ -109,8 +110,8 @@ fn changed_blocks(
 
 #[pg_extern(volatile, parallel_safe)]
 fn changed_relations(
-    start_lsn: PgLsn,
-    end_lsn: PgLsn,
+    start_lsn: Option<PgLsn>,
+    end_lsn: Option<PgLsn>,
 ) -> TableIterator<
     'static,
     (
@@ -144,8 +145,10 @@ fn changed_relations(
 }
 
 #[pg_extern(volatile)]
-fn wait_for_summary(lsn: PgLsn, timeout_ms: default!(i32, 60000)) -> PgLsn {
+fn wait_for_summary(lsn: Option<PgLsn>, timeout_ms: default!(Option<i32>, 60000)) -> PgLsn {
     shared_state::ensure_preloaded();
+    let lsn = required(lsn, "lsn");
+    let timeout_ms = required(timeout_ms, "timeout_ms");
     if !settings::SUMMARIZE_WAL.get() {
         errors::summarization_disabled();
     }
@@ -164,8 +167,10 @@ fn wait_for_summary(lsn: PgLsn, timeout_ms: default!(i32, 60000)) -> PgLsn {
     }
 }
 
-fn changes_for(start_lsn: PgLsn, end_lsn: PgLsn) -> BlockMap {
+fn changes_for(start_lsn: Option<PgLsn>, end_lsn: Option<PgLsn>) -> BlockMap {
     shared_state::ensure_preloaded();
+    let start_lsn = required(start_lsn, "start_lsn");
+    let end_lsn = required(end_lsn, "end_lsn");
     summary_store::changes_between(start_lsn.0, end_lsn.0)
 }
 

@@ -14,4 +14,5 @@ pub mod restore_point;
 pub mod server_backup;
 pub mod session;
 pub mod take;
+mod wal_copy;
 mod wal_hold;

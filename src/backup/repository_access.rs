@@ -5,12 +5,14 @@
 
 use std::path::PathBuf;
 
-use blockbackup_core::catalog::{BackupMode, BackupRecord, BackupStatus};
-use blockbackup_core::repository::Repository;
-use blockbackup_core::TimelineSpan;
+use blockbackup_core::catalog::{BackupMode, BackupRecord};
+use blockbackup_core::repository::{Catalog, Repository, RepositoryLock};
+use blockbackup_core::restore_target::{overlapping, resolved};
+use blockbackup_core::{upkeep, TimelineSpan};
+use pgrx::warning;
 
 use super::server_backup;
-use crate::server_paths::{data_directory, overlapping, resolved};
+use crate::server_paths::data_directory;
 use crate::{errors, settings};
 
 pub fn repository_root() -> PathBuf {
@@ -47,24 +49,26 @@ pub fn open_for_writing() -> Repository {
         .unwrap_or_else(|e| errors::repository(e))
 }
 
-/// Backups left RUNNING while no backup holds the repository lock were
-/// cut off (session killed, server crashed): they are ERROR. A dump does
-/// not hold the repository lock but its own running lock; it was cut off
-/// when that lock is free.
-pub fn mark_interrupted_backups(repo: &Repository) {
-    let records = repo.list().unwrap_or_else(|e| errors::repository(e));
-    for mut record in records.into_iter().filter(|r| {
-        r.status == BackupStatus::Running
-            && (r.mode != BackupMode::Dump
-                || !repo
-                    .is_dump_running(&r.backup_id)
-                    .unwrap_or_else(|e| errors::repository(e)))
-    }) {
-        record.status = BackupStatus::Error;
-        record.error =
-            Some("interrupted: the session or the server ended while the backup ran".into());
-        repo.write_record(&record)
-            .unwrap_or_else(|e| errors::repository(e));
+/// The catalog with backups that were cut off (session killed, server
+/// crashed) marked ERROR and their partial files removed; the caller holds
+/// the repository lock. Problems on the way (a full disk) are WARNINGs,
+/// never a reason to fail: reading the catalog must always work.
+pub fn mark_interrupted(repo: &Repository, lock: &RepositoryLock) -> Catalog {
+    let (catalog, warnings) =
+        upkeep::mark_interrupted(repo, lock).unwrap_or_else(|e| errors::repository(e));
+    for message in warnings {
+        warning!("pg_blockbackup: {message}");
+    }
+    catalog
+}
+
+/// The catalog for a listing: cut-off backups are marked when the lock is
+/// free (with it taken, a backup or deletion runs and nothing was cut off
+/// that the next call would not mark).
+pub fn catalog_marking_interrupted(repo: &Repository) -> Catalog {
+    match repo.lock() {
+        Ok(lock) => mark_interrupted(repo, &lock),
+        Err(_) => repo.list().unwrap_or_else(|e| errors::repository(e)),
     }
 }
 
@@ -72,8 +76,8 @@ pub fn mark_interrupted_backups(repo: &Repository) {
 /// cluster, and started on a timeline of the server's current history.
 pub fn newest_usable_parent(repo: &Repository, history: &[TimelineSpan]) -> Option<BackupRecord> {
     let system_identifier = server_backup::system_identifier();
-    let records = repo.list().unwrap_or_else(|e| errors::repository(e));
-    records.into_iter().rev().find(|r| {
+    let catalog = repo.list().unwrap_or_else(|e| errors::repository(e));
+    catalog.records.into_iter().rev().find(|r| {
         r.status.is_usable()
             && r.mode != BackupMode::Dump
             && r.system_identifier == system_identifier

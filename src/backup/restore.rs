@@ -1,20 +1,26 @@
 //! `restore_backup`: rebuilds a data directory from a backup and its
-//! ancestors into a target directory, with the checks that keep a restore
-//! on the same host away from the running cluster's files. The work itself
-//! (reconstruction, manifest, tablespaces) is the pure crate's, shared with
-//! the offline command.
+//! ancestors into a target directory. The work itself (reconstruction,
+//! manifest, tablespaces, the destination check) is the pure crate's,
+//! shared with the offline command; here we name the places of the running
+//! server a restore must stay away from, and decide who may choose where
+//! the server's OS user writes.
 
+use std::collections::BTreeSet;
+use std::ffi::CString;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
+use blockbackup_core::conf_file::{includes, Include};
 use blockbackup_core::reconstruct::{
     chain_members, restore, RestoreOptions, RestoreProgress, RestoreStats,
 };
 use blockbackup_core::repository::{validate_backup_id, Repository};
+use blockbackup_core::restore_target::{resolved, DestinationRules, ForbiddenPlace};
 use blockbackup_core::Lsn;
+use pgrx::pg_sys;
 
 use super::repository_access;
-use crate::server_paths::{data_directory, overlapping, resolved};
+use crate::server_paths::data_directory;
 use crate::{errors, settings};
 
 pub struct RestoreRequest {
@@ -26,11 +32,14 @@ pub struct RestoreRequest {
     pub tablespace_mapping: Option<serde_json::Value>,
 }
 
+/// How deep configuration files may include each other (as PostgreSQL's
+/// CONF_FILE_MAX_DEPTH).
+const MAX_INCLUDE_DEPTH: usize = 10;
+
 pub fn restore_backup(request: RestoreRequest) -> RestoreStats {
     validate_backup_id(&request.backup_id).unwrap_or_else(|e| errors::repository(e));
     let repo = repository_access::open_for_writing();
-    let forbidden = forbidden_places(&repo);
-    let target = checked_destination("target_dir", Path::new(&request.target), &forbidden);
+    let rules = destination_rules(&repo);
     let mut tablespace_mapping = Vec::new();
     if let Some(mapping) = &request.tablespace_mapping {
         let Some(entries) = mapping.as_object() else {
@@ -46,28 +55,21 @@ pub fn restore_backup(request: RestoreRequest) -> RestoreStats {
                     "Pass the new directory as a JSON string.",
                 );
             };
-            let dir =
-                checked_destination("a tablespace_mapping directory", Path::new(dir), &forbidden);
-            if overlapping(&dir, &target) {
-                errors::invalid_argument(
-                    format!("tablespace directory \"{}\" overlaps target_dir", dir.display()),
-                    "Leave such a tablespace unmapped: by default it is restored inside target_dir.",
-                );
-            }
-            tablespace_mapping.push((key.clone(), dir));
+            tablespace_mapping.push((key.clone(), PathBuf::from(dir)));
         }
     }
 
-    let (records, contents) = repo
-        .load_chain(&request.backup_id)
+    let (records, contents, _reading) = repo
+        .load_chain_for_restore(&request.backup_id)
         .unwrap_or_else(|e| errors::repository(e));
     let chain = chain_members(&repo, &records, &contents);
     let options = RestoreOptions {
-        target,
+        target: PathBuf::from(&request.target),
         tablespace_mapping,
         recovery_target_lsn: request.recovery_target_lsn,
         recovery_target_name: request.recovery_target_name,
         threads: settings::PARALLEL.get().max(1) as usize,
+        rules,
     };
     let mut poll = |_: &RestoreProgress| {
         if super::take::interrupt_pending() {
@@ -82,39 +84,130 @@ pub fn restore_backup(request: RestoreRequest) -> RestoreStats {
     })
 }
 
-/// The running cluster's data directory, its tablespaces and the
-/// repository: a restore must not write into any of them.
-fn forbidden_places(repo: &Repository) -> Vec<PathBuf> {
+/// Where this session's restore may write: apart from the data directory,
+/// its tablespaces, every directory the server reads configuration or
+/// keys from, and the repository; and, for a role without superuser
+/// rights, only under `blockbackup.restore_directory`.
+fn destination_rules(repo: &Repository) -> DestinationRules {
+    let confined_to = if unsafe { pg_sys::superuser() } {
+        None
+    } else {
+        let Some(dir) = settings::text(&settings::RESTORE_DIRECTORY) else {
+            errors::restore_directory_unset();
+        };
+        let Some(dir) = resolved(Path::new(&dir)) else {
+            errors::invalid_argument(
+                format!("blockbackup.restore_directory must be an absolute path, got \"{dir}\""),
+                "A superuser sets it to an absolute directory.",
+            );
+        };
+        Some(("blockbackup.restore_directory".to_owned(), dir))
+    };
     let data_dir = data_directory();
-    let mut places = vec![
-        resolved(&data_dir).unwrap_or(data_dir.clone()),
-        repo.root().to_path_buf(),
+    let mut forbidden = vec![
+        ForbiddenPlace::new(&data_dir, "the data directory"),
+        ForbiddenPlace::new(repo.root(), "the repository"),
     ];
     if let Ok(entries) = std::fs::read_dir(data_dir.join("pg_tblspc")) {
-        places.extend(
-            entries
-                .flatten()
-                .filter_map(|e| e.path().canonicalize().ok()),
-        );
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            forbidden.push(ForbiddenPlace::new(
+                &entry.path(),
+                format!("the location of tablespace {name}"),
+            ));
+        }
     }
-    places
+    for dir in configuration_directories(&data_dir) {
+        forbidden.push(ForbiddenPlace::new(
+            &dir,
+            "a directory the server reads its configuration from",
+        ));
+    }
+    DestinationRules {
+        forbidden,
+        confined_to,
+    }
 }
 
-fn checked_destination(what: &str, path: &Path, forbidden: &[PathBuf]) -> PathBuf {
-    let Some(dir) = resolved(path) else {
-        errors::invalid_argument(
-            format!(
-                "{what} must be an absolute path without \"..\", got \"{}\"",
-                path.display()
-            ),
-            "Pass an absolute directory outside the data directory and the repository.",
-        );
+/// The directories of every file the server reads settings, client
+/// authentication or TLS keys from: `config_file` and what it includes
+/// (`include`, `include_if_exists`, `include_dir`, followed as the server
+/// follows them), `hba_file`, `ident_file`, and the `ssl_*` files.
+fn configuration_directories(data_dir: &Path) -> BTreeSet<PathBuf> {
+    let mut dirs = BTreeSet::new();
+    let absolute = |value: String| {
+        let path = PathBuf::from(value);
+        if path.is_absolute() {
+            path
+        } else {
+            data_dir.join(path)
+        }
     };
-    if let Some(place) = forbidden.iter().find(|place| overlapping(&dir, place)) {
-        errors::invalid_argument(
-            format!("{what} \"{}\" overlaps \"{}\", which belongs to the running cluster or the repository", dir.display(), place.display()),
-            "Restore into a new, empty directory of its own.",
-        );
+    if let Some(config) = setting("config_file") {
+        follow_includes(&absolute(config), 0, &mut dirs);
     }
-    dir
+    for name in [
+        "hba_file",
+        "ident_file",
+        "ssl_cert_file",
+        "ssl_key_file",
+        "ssl_ca_file",
+        "ssl_crl_file",
+    ] {
+        if let Some(file) = setting(name) {
+            if let Some(parent) = absolute(file).parent() {
+                dirs.insert(parent.to_owned());
+            }
+        }
+    }
+    if let Some(dir) = setting("ssl_crl_dir") {
+        dirs.insert(absolute(dir));
+    }
+    dirs
+}
+
+fn follow_includes(file: &Path, depth: usize, dirs: &mut BTreeSet<PathBuf>) {
+    let Some(dir) = file.parent() else {
+        return;
+    };
+    dirs.insert(dir.to_owned());
+    if depth >= MAX_INCLUDE_DEPTH {
+        return;
+    }
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return;
+    };
+    for include in includes(&text, dir) {
+        match include {
+            Include::File(path) => follow_includes(&path, depth + 1, dirs),
+            Include::Directory(path) => {
+                dirs.insert(path.clone());
+                let Ok(entries) = std::fs::read_dir(&path) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.ends_with(".conf") && !name.starts_with('.') {
+                        follow_includes(&entry.path(), depth + 1, dirs);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A setting's value, whoever asks (these are superuser-only to show, but
+/// the restore checks them for every role).
+fn setting(name: &str) -> Option<String> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: a valid name; missing_ok, and the returned string is
+    // copied before anything else can change it.
+    let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    if value.is_null() {
+        return None;
+    }
+    let value = unsafe { std::ffi::CStr::from_ptr(value) }
+        .to_string_lossy()
+        .into_owned();
+    (!value.is_empty()).then_some(value)
 }

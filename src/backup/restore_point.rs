@@ -27,7 +27,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::repository_access;
-use super::take::{interrupt_pending, wal_tasks};
+use super::take::interrupt_pending;
+use super::wal_copy::wal_tasks;
 use crate::sql_types::PgLsn;
 use crate::{errors, timeline};
 
@@ -45,8 +46,8 @@ pub fn create(name: &str, backup_id: Option<&str>) -> CreatedRestorePoint {
         errors::restore_point_in_recovery();
     }
     let repo = repository_access::open_for_writing();
-    let _lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
-    repository_access::mark_interrupted_backups(&repo);
+    let lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
+    repository_access::mark_interrupted(&repo, &lock);
     let tli = timeline::current_timeline();
     let history = timeline::history_of(tli);
     let mut record = match backup_id {
@@ -60,10 +61,10 @@ pub fn create(name: &str, backup_id: Option<&str>) -> CreatedRestorePoint {
     };
     check_backup(&record, tli, name);
 
-    let lsn = create_server_restore_point(name);
+    let (lsn, switch_end) = create_server_restore_point(name);
     let stop = record.stop_lsn.unwrap_or(record.start_lsn);
-    // The segment holding the record's last byte; `lsn` is its end.
-    let last = Lsn(lsn.0.saturating_sub(1));
+    // Through the segment the switch after the restore point ends in.
+    let last = Lsn(switch_end.0.saturating_sub(1));
     let tasks = wal_tasks(&history, tli, stop, last);
     let expected: Vec<String> = tasks.iter().map(|task| task.path.clone()).collect();
     let staging = repo.backup_dir(&record.backup_id).join(STAGING_DIR);
@@ -73,6 +74,7 @@ pub fn create(name: &str, backup_id: Option<&str>) -> CreatedRestorePoint {
         compression: record.compression,
         gzip_level: 6,
         threads: 1,
+        page_checks: None,
     };
     let mut poll = |_: &_| {
         if interrupt_pending() {
@@ -162,18 +164,31 @@ fn check_backup(record: &BackupRecord, tli: u32, name: &str) {
     }
 }
 
-/// `pg_create_restore_point`, flushed: returns the end of its record.
-fn create_server_restore_point(name: &str) -> Lsn {
+/// `pg_create_restore_point`, then a switch to a new WAL segment, both
+/// flushed: returns the end of the restore point's record and of the
+/// switch. The switch puts a record start right after the restore point
+/// in the WAL the backup stores (what recovery to an LSN up to the restore
+/// point needs to stop there) and completes the segment, as
+/// pg_backup_stop does.
+fn create_server_restore_point(name: &str) -> (Lsn, Lsn) {
+    super::server_backup::require_execute(
+        "pg_catalog.pg_create_restore_point(text)",
+        "create a restore point",
+    );
     let args: [DatumWithOid; 1] = [name.into()];
     let lsn =
-        Spi::get_one_with_args::<PgLsn>("SELECT pg_catalog.pg_create_restore_point($1)", &args);
+        crate::read_only_sql::one::<PgLsn>("SELECT pg_catalog.pg_create_restore_point($1)", &args);
     let lsn = match lsn {
         Ok(Some(lsn)) => lsn.0,
         Ok(None) => error!("pg_blockbackup: pg_create_restore_point returned no LSN"),
         Err(e) => error!("pg_blockbackup: pg_create_restore_point failed: {e}"),
     };
-    unsafe { pg_sys::XLogFlush(lsn.0) };
-    lsn
+    let switch_end = unsafe {
+        let end = pg_sys::RequestXLogSwitch(false);
+        pg_sys::XLogFlush(end.max(lsn.0));
+        end.max(lsn.0)
+    };
+    (lsn, Lsn(switch_end))
 }
 
 /// Renames the staged segments over the backup's, then syncs the directory.

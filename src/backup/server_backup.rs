@@ -31,6 +31,11 @@ unsafe extern "C-unwind" {
 /// often a whole cycle's worth. From 17 on the redo point is a record and
 /// a summary boundary of its own.
 pub fn start(label: &str, fast: bool) -> Lsn {
+    require_execute(
+        "pg_catalog.pg_backup_start(text, boolean)",
+        "start a backup",
+    );
+    require_execute("pg_catalog.pg_backup_stop(boolean)", "stop a backup");
     unsafe {
         if !pg_sys::RecoveryInProgress() && !crate::summarizer::BOUNDARY_AT_REDO_POINT {
             let speed = if fast {
@@ -44,13 +49,11 @@ pub fn start(label: &str, fast: bool) -> Lsn {
             });
         }
     }
+    // A read-only SPI call: a writable one would assign a transaction id,
+    // which a standby cannot.
     let args: [DatumWithOid; 2] = [label.into(), fast.into()];
-    let lsn = Spi::connect_mut(|client| {
-        client
-            .update("SELECT pg_catalog.pg_backup_start($1, $2)", Some(1), &args)?
-            .first()
-            .get_one::<PgLsn>()
-    });
+    let lsn =
+        crate::read_only_sql::one::<PgLsn>("SELECT pg_catalog.pg_backup_start($1, $2)", &args);
     match lsn {
         Ok(Some(lsn)) => lsn.0,
         Ok(None) => error!("pg_blockbackup: pg_backup_start returned no LSN"),
@@ -58,18 +61,26 @@ pub fn start(label: &str, fast: bool) -> Lsn {
     }
 }
 
+/// Refuses (42501, with the GRANT to make) when the current role may not
+/// execute `function`: better said before a backup starts than as a
+/// failure of the SQL call inside it.
+pub fn require_execute(function: &str, what: &str) {
+    let args: [DatumWithOid; 1] = [function.into()];
+    let allowed = crate::read_only_sql::one::<bool>(
+        "SELECT pg_catalog.has_function_privilege($1, 'EXECUTE')",
+        &args,
+    );
+    if !matches!(allowed, Ok(Some(true))) {
+        crate::errors::missing_privilege(function, what);
+    }
+}
+
 pub fn stop(wait_for_archive: bool) -> StopResult {
     let args: [DatumWithOid; 1] = [wait_for_archive.into()];
-    let row = Spi::connect_mut(|client| {
-        client
-            .update(
-                "SELECT lsn, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop($1)",
-                Some(1),
-                &args,
-            )?
-            .first()
-            .get_three::<PgLsn, String, String>()
-    });
+    let row = crate::read_only_sql::three::<PgLsn, String, String>(
+        "SELECT lsn, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop($1)",
+        &args,
+    );
     match row {
         Ok((Some(lsn), labelfile, spcmapfile)) => StopResult {
             stop_lsn: lsn.0,
@@ -106,9 +117,10 @@ pub fn cluster_facts(timeline: u32) -> ClusterFacts {
 /// The newest transaction id and the time the backup is consistent with,
 /// for the catalog (what a DBA picks recovery targets from).
 pub fn recovery_point() -> (Option<u64>, Option<i64>) {
-    let row = Spi::get_two::<i64, i64>(
+    let row = crate::read_only_sql::two::<i64, i64>(
         "SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) - 1, \
                 (extract(epoch FROM pg_catalog.clock_timestamp()) * 1000000)::bigint",
+        &[],
     );
     match row {
         Ok((xid, time)) => (xid.map(|x| x as u64), time),

@@ -28,6 +28,31 @@ pub struct Stopped {
 
 const SUMMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The longest label pg_backup_start takes (MAXPGPATH).
+const MAX_LABEL_BYTES: usize = 1024;
+
+/// A backup label goes into `backup_label` as one line that recovery
+/// parses: it may not hold a line break (a second line such as
+/// `START TIMELINE: 9` would be read as the backup's), nor any other
+/// control character, and not be longer than PostgreSQL allows.
+pub fn check_label(label: &str) {
+    if label.chars().any(char::is_control) {
+        errors::invalid_argument(
+            format!("invalid backup label {label:?}: it holds a line break or another control character"),
+            "The label is written as one line of backup_label; use printable characters only.",
+        );
+    }
+    if label.len() > MAX_LABEL_BYTES {
+        errors::invalid_argument(
+            format!(
+                "backup label too long: {} bytes, at most {MAX_LABEL_BYTES}",
+                label.len()
+            ),
+            "Use a shorter label.",
+        );
+    }
+}
+
 thread_local! {
     static SESSION_BACKUP: RefCell<Option<String>> = const { RefCell::new(None) };
 }

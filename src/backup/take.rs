@@ -20,8 +20,11 @@ use blockbackup_core::catalog::{
     TablespaceEntry,
 };
 use blockbackup_core::civil_time::unix_now_us as now_us;
-use blockbackup_core::copy_pipeline::{copy_files, CopyOptions, CopyProgress, CopyStats, CopyTask};
+use blockbackup_core::copy_pipeline::{
+    copy_files, CopyOptions, CopyProgress, CopyStats, CopyTask, PageChecks,
+};
 use blockbackup_core::incremental_file::restored_path;
+use blockbackup_core::page_checksum::PageChecksumFailure;
 use blockbackup_core::repository::Repository;
 use blockbackup_core::{write_file_durably, BlockMap, Lsn, TimelineSpan};
 use pgrx::pg_sys;
@@ -30,6 +33,7 @@ use pgrx::prelude::*;
 use super::progress::{Phase, ProgressReporter};
 use super::repository_access;
 use super::server_backup;
+use super::wal_copy::WalCopy;
 use super::wal_hold::WalHold;
 use crate::server_paths::{self, data_directory};
 use crate::summary_store::{self, wait_until_summarized};
@@ -55,8 +59,8 @@ const PG_CONTROL: &str = "global/pg_control";
 
 pub fn take_backup(request: TakeRequest) -> BackupRecord {
     let repo = repository_access::open_for_writing();
-    let _lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
-    repository_access::mark_interrupted_backups(&repo);
+    let lock = repo.lock().unwrap_or_else(|e| errors::repository(e));
+    repository_access::mark_interrupted(&repo, &lock);
     let history = timeline::history_of(timeline::current_timeline());
     let parent = match request.mode {
         RequestedMode::Full => None,
@@ -69,7 +73,6 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         errors::no_parent_backup();
     }
 
-    let _wal_hold = WalHold::reserve();
     let start_time_us = now_us();
     let label = request
         .label
@@ -77,6 +80,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         .unwrap_or_else(|| "pg_blockbackup".to_string());
     let start_lsn = server_backup::start(&label, true);
     let mut guard = AbortOnError::new();
+    let wal_hold = WalHold::reserve(start_lsn);
     let timeline = timeline::current_timeline();
 
     let changes = parent.as_ref().and_then(|(record, _)| {
@@ -105,11 +109,27 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     guard.record = Some((repo.root().to_path_buf(), record.clone()));
 
     let progress = shared_state::backup_progress().claim(&backup_id);
+    // As pg_basebackup: with data checksums, every relation page read is
+    // checked, except those the backup's own WAL will rewrite.
+    let page_checks = unsafe { pg_sys::DataChecksumsEnabled() }.then_some(PageChecks {
+        start_lsn,
+        block_size: pg_sys::BLCKSZ,
+        segment_blocks: pg_sys::RELSEG_SIZE,
+    });
     let copy_options = CopyOptions {
         dest_dir: repo.data_dir(&backup_id),
         compression: request.compression,
         gzip_level: 6,
         threads: request.threads,
+        page_checks,
+    };
+    let mut copier = Copier {
+        options: copy_options,
+        progress: &progress,
+        wal_hold: &wal_hold,
+        wal: Some(WalCopy::new(timeline, start_lsn)),
+        stored: Vec::new(),
+        stats: CopyStats::default(),
     };
 
     progress.phase(Phase::Copying);
@@ -117,21 +137,10 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         .as_ref()
         .map(|(_, contents)| contents_paths(contents));
     let (tasks, control_file) = plan_copy(&repo, changes.as_ref(), parent_paths.as_ref());
-    let mut stored = Vec::new();
-    let mut stats = CopyStats {
-        bytes_read: 0,
-        bytes_written: 0,
-    };
-    run_copy(tasks, &copy_options, &progress, &mut stored, &mut stats);
+    copier.run(tasks);
     // pg_control last, as pg_basebackup does: the backup_label, not
     // pg_control, tells recovery where to start.
-    run_copy(
-        control_file,
-        &copy_options,
-        &progress,
-        &mut stored,
-        &mut stats,
-    );
+    copier.run(control_file);
 
     progress.phase(Phase::Stopping);
     let stop = server_backup::stop(false);
@@ -143,18 +152,17 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     if !stop.spcmapfile.is_empty() {
         label_files.push(staged_file(&staging, "tablespace_map", &stop.spcmapfile));
     }
-    run_copy(
-        label_files,
-        &copy_options,
-        &progress,
-        &mut stored,
-        &mut stats,
-    );
+    copier.run(label_files);
 
     progress.phase(Phase::CopyingWal);
-    let wal = wal_tasks(&history, timeline, start_lsn, stop.stop_lsn);
-    run_copy(wal, &copy_options, &progress, &mut stored, &mut stats);
+    copier.finish_wal(&history, stop.stop_lsn);
     let _ = std::fs::remove_dir_all(&staging);
+    let Copier {
+        options: copy_options,
+        mut stored,
+        stats,
+        ..
+    } = copier;
 
     progress.phase(Phase::Finishing);
     stored.sort_by(|a, b| a.path.cmp(&b.path));
@@ -171,6 +179,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     record.files = stored.len() as u64;
     record.bytes_read = stats.bytes_read;
     record.bytes_written = stats.bytes_written;
+    report_checksum_failures(&mut record, &stats.page_checksum_failures);
     record.end_time_us = Some(now_us());
     record.status = BackupStatus::Done;
     repo.write_contents(&backup_id, &BackupContents { files: stored })
@@ -305,37 +314,121 @@ fn plan_copy(
     )
 }
 
-/// Runs the copy threads, reporting progress and watching for a cancel
-/// request from this (the only PostgreSQL) thread.
-fn run_copy(
-    tasks: Vec<CopyTask>,
-    options: &CopyOptions,
-    progress: &ProgressReporter,
-    stored: &mut Vec<StoredFile>,
-    stats: &mut CopyStats,
-) {
-    if tasks.is_empty() {
+/// The copy of one backup: the files, and the WAL alongside.
+struct Copier<'a> {
+    options: CopyOptions,
+    progress: &'a ProgressReporter,
+    wal_hold: &'a WalHold,
+    /// None once the last WAL was copied.
+    wal: Option<WalCopy>,
+    stored: Vec<StoredFile>,
+    stats: CopyStats,
+}
+
+impl Copier<'_> {
+    /// Runs the copy threads, reporting progress from this (the only
+    /// PostgreSQL) thread and, at each poll, watching for a cancel request,
+    /// copying the WAL segments the server finished meanwhile, and making
+    /// sure the WAL the backup holds stays within max_slot_wal_keep_size.
+    fn run(&mut self, tasks: Vec<CopyTask>) {
+        if tasks.is_empty() {
+            return;
+        }
+        let mut wal_at_risk = None;
+        let mut wal_failed = None;
+        let options = &self.options;
+        let (progress, wal_hold) = (self.progress, self.wal_hold);
+        let wal = &mut self.wal;
+        let mut poll = |p: &CopyProgress| {
+            progress.counts(p.files_total, p.files_done, p.bytes_total, p.bytes_done);
+            if wal_failed.is_none() {
+                if let Some(wal) = wal.as_mut() {
+                    wal_failed = wal.copy_finished(options, wal_hold).err();
+                }
+            }
+            wal_at_risk = wal_at_risk.or_else(|| wal_hold.at_risk());
+            if interrupt_pending() || wal_at_risk.is_some() || wal_failed.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let copied = copy_files(tasks, options, &mut poll);
+        if let Some(held) = wal_at_risk {
+            errors::backup_needs_more_wal(held);
+        }
+        if let Some(error) = wal_failed {
+            errors::backup_copy(error);
+        }
+        match copied {
+            Ok((files, copied)) => self.add(files, copied),
+            Err(e) => {
+                pg_sys::check_for_interrupts!();
+                errors::backup_copy(e);
+            }
+        }
+    }
+
+    /// Copies the WAL not copied yet, through the segment of `stop`.
+    fn finish_wal(&mut self, history: &[TimelineSpan], stop: Lsn) {
+        let Some(wal) = self.wal.take() else {
+            return;
+        };
+        let mut poll = || {
+            if interrupt_pending() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        match wal.finish(history, stop, &self.options, &mut poll) {
+            Ok((files, copied)) => self.add(files, copied),
+            Err(e) => {
+                pg_sys::check_for_interrupts!();
+                errors::backup_copy(e);
+            }
+        }
+    }
+
+    fn add(&mut self, files: Vec<StoredFile>, copied: CopyStats) {
+        self.stored.extend(files);
+        self.stats.bytes_read += copied.bytes_read;
+        self.stats.bytes_written += copied.bytes_written;
+        self.stats
+            .page_checksum_failures
+            .extend(copied.page_checksum_failures);
+    }
+}
+
+/// WARNINGs naming each failed page (as pg_basebackup, at most five per
+/// file), and the count in the record.
+fn report_checksum_failures(record: &mut BackupRecord, failures: &[PageChecksumFailure]) {
+    if failures.is_empty() {
         return;
     }
-    let mut poll = |p: &CopyProgress| {
-        progress.counts(p.files_total, p.files_done, p.bytes_total, p.bytes_done);
-        if interrupt_pending() {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    };
-    match copy_files(tasks, options, &mut poll) {
-        Ok((files, copied)) => {
-            stored.extend(files);
-            stats.bytes_read += copied.bytes_read;
-            stats.bytes_written += copied.bytes_written;
-        }
-        Err(e) => {
-            pg_sys::check_for_interrupts!();
-            errors::backup_copy(e);
+    let mut per_file: std::collections::BTreeMap<&str, usize> = Default::default();
+    for failure in failures {
+        let count = per_file.entry(failure.path.as_str()).or_default();
+        *count += 1;
+        if *count <= 5 {
+            warning!(
+                "pg_blockbackup: checksum verification failed in file \"{}\", block {}",
+                failure.path,
+                failure.block
+            );
         }
     }
+    for (path, count) in per_file.into_iter().filter(|(_, count)| *count > 5) {
+        warning!(
+            "pg_blockbackup: file \"{path}\" has {count} pages that failed checksum verification"
+        );
+    }
+    warning!(
+        "pg_blockbackup: backup {} holds {} pages that failed checksum verification; they are stored as the disk held them",
+        record.backup_id,
+        failures.len()
+    );
+    record.add_checksum_failures(failures);
 }
 
 pub(crate) fn interrupt_pending() -> bool {
@@ -352,48 +445,6 @@ fn staged_file(staging: &Path, name: &str, content: &str) -> CopyTask {
         kind: StoredKind::Whole,
         mtime: now_us() / 1_000_000,
     }
-}
-
-/// The WAL segments from the one holding `start` to the one holding
-/// `stop`, which the backup needs to become consistent.
-pub(super) fn wal_tasks(
-    history: &[TimelineSpan],
-    timeline: u32,
-    start: Lsn,
-    stop: Lsn,
-) -> Vec<CopyTask> {
-    if let Some(span) = history.iter().find(|s| s.timeline == timeline) {
-        if span.end.is_some_and(|end| end <= stop) {
-            errors::backup_failed(format!(
-                "the server switched timelines during the backup (timeline {timeline} ended)"
-            ));
-        }
-    }
-    let segment_size = unsafe { pg_sys::wal_segment_size } as u64;
-    let segments_per_id = 0x1_0000_0000u64 / segment_size;
-    let wal_dir = data_directory().join("pg_wal");
-    (start.0 / segment_size..=stop.0 / segment_size)
-        .map(|segno| {
-            let name = format!(
-                "{timeline:08X}{:08X}{:08X}",
-                segno / segments_per_id,
-                segno % segments_per_id
-            );
-            let source = wal_dir.join(&name);
-            if !source.exists() {
-                errors::backup_failed(format!(
-                    "WAL segment {name} needed by the backup is missing from pg_wal"
-                ));
-            }
-            CopyTask {
-                source,
-                path: format!("pg_wal/{name}"),
-                method: FileMethod::Whole,
-                kind: StoredKind::Wal,
-                mtime: 0,
-            }
-        })
-        .collect()
 }
 
 /// PostgreSQL's backup_manifest for the stored image, so that

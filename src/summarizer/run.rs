@@ -17,7 +17,7 @@ use super::wal_reader::{NextRecord, WalReader};
 use super::{handle_interrupts, slot, start_point, wait_for_event};
 use crate::shared_state::{self, SummarizerShared};
 use crate::summary_store::summaries_dir;
-use crate::{errors, settings, timeline};
+use crate::{errors, replication_slot, settings, timeline};
 
 /// Idle naps grow from the first to the last while no WAL arrives; a
 /// backend waiting for a summary sets our latch, so naps only bound how
@@ -80,7 +80,7 @@ impl Summarizer {
             .summarizing_pid
             .store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
         log!(
-            "pg_blockbackup: summarizing WAL from {start} on timeline {}",
+            "pg_blockbackup: summarizing WAL from {start} on timeline {}, holding replication slot \"pg_blockbackup\" (before restarting with wal_level = minimal, set blockbackup.summarize_wal = off and reload: the server refuses to start with a physical slot and wal_level below replica)",
             summarizer.timeline
         );
         summarizer
@@ -162,7 +162,22 @@ impl Summarizer {
         if self.map.approx_memory_bytes() >= self.memory_cap() {
             self.write_summary(end);
         }
+        if self.holds_too_much_wal(end) {
+            self.write_summary(end);
+        }
         self.write_summary_if_awaited(end);
+    }
+
+    /// Whether the slot, which holds WAL from the summary's start, holds
+    /// half of `max_slot_wal_keep_size` (at least a segment) by `end`:
+    /// ending the summary there lets the slot move on, so that a checkpoint
+    /// never invalidates it just because no checkpoint came for a while.
+    fn holds_too_much_wal(&self, end: Lsn) -> bool {
+        let Some(keep) = replication_slot::max_slot_wal_keep_segments() else {
+            return false;
+        };
+        let segment = unsafe { pg_sys::wal_segment_size } as u64;
+        (end.0 / segment).saturating_sub(self.start.0 / segment) >= (keep / 2).max(1)
     }
 
     fn memory_cap(&self) -> usize {

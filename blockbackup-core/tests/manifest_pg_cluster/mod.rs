@@ -103,18 +103,27 @@ impl Cluster {
     /// initdb and start a cluster that listens only on a Unix socket in its
     /// own directory.
     pub fn start() -> Cluster {
+        Self::start_with(&[])
+    }
+
+    /// As [`Cluster::start`], with more `initdb` arguments.
+    pub fn start_with(initdb_args: &[&str]) -> Cluster {
         let dir = postgres_tempdir();
         let data = dir.path().join("data");
         let port =
             20000 + (std::process::id() % 20000) as u16 + NEXT_PORT.fetch_add(1, Ordering::SeqCst);
-        run(pg_command("initdb").arg("-D").arg(&data).args([
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "--no-instructions",
-        ]));
+        run(pg_command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "--no-instructions",
+            ])
+            .args(initdb_args));
         let mut cluster = Cluster {
             dir,
             data,
@@ -190,6 +199,17 @@ impl Cluster {
             .args(["-p", &self.port.to_string(), "-U", "postgres"])
             .args(["-Fp", "-X", "fetch", "-c", "fast", "--no-sync", "-D"])
             .arg(dest));
+    }
+}
+
+impl Cluster {
+    /// Stops the server cleanly (a checkpoint: every page is on disk).
+    pub fn stop(&mut self) {
+        run(pg_command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"]));
+        self.running = false;
     }
 }
 

@@ -1,0 +1,173 @@
+//! PostgreSQL's configuration file syntax, as far as a restore needs it:
+//! writing a value that the server reads back exactly, and finding the
+//! files and directories a configuration includes (so that a restore can
+//! be kept out of every directory the running server reads settings from).
+//!
+//! The rules are those of `guc-file.l`: `name [=] value` per line, `#`
+//! starts a comment outside quotes, a quoted value doubles `'` and takes
+//! backslash escapes, and `include`, `include_if_exists` and
+//! `include_dir` name further files relative to the including file's
+//! directory.
+
+use std::path::{Path, PathBuf};
+
+/// `value` quoted for a configuration file as `ALTER SYSTEM` writes it:
+/// in single quotes, with `'` and `\` doubled, so that the server's
+/// parser reads back exactly `value`. None when `value` holds a character
+/// no quoted value can hold (a line break or another control character,
+/// or NUL): such a value cannot round-trip and must be refused.
+pub fn quote_value(value: &str) -> Option<String> {
+    if value.chars().any(char::is_control) {
+        return None;
+    }
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('\'');
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            quoted.push(c);
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    Some(quoted)
+}
+
+/// `name = value` lines (with a newline each) for `settings`, every value
+/// quoted by [`quote_value`]; None if a value cannot be written.
+pub fn setting_lines(settings: &[(&str, &str)]) -> Option<String> {
+    let mut out = String::new();
+    for (name, value) in settings {
+        out.push_str(name);
+        out.push_str(" = ");
+        out.push_str(&quote_value(value)?);
+        out.push('\n');
+    }
+    Some(out)
+}
+
+/// What an include directive names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Include {
+    /// `include` or `include_if_exists`: a file.
+    File(PathBuf),
+    /// `include_dir`: every `*.conf` file in a directory.
+    Directory(PathBuf),
+}
+
+/// The include directives of a configuration file's `text`, their paths
+/// made absolute against `dir`, the directory of the file.
+pub fn includes(text: &str, dir: &Path) -> Vec<Include> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let Some((name, value)) = parse_line(line) else {
+            continue;
+        };
+        let path = dir.join(value);
+        match name.to_ascii_lowercase().as_str() {
+            "include" | "include_if_exists" => found.push(Include::File(path)),
+            "include_dir" => found.push(Include::Directory(path)),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// `(name, value)` of a setting line, the value unquoted; None for blank,
+/// comment and malformed lines.
+fn parse_line(line: &str) -> Option<(&str, String)> {
+    let line = line.trim_start();
+    let name_len = line
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '$' | '-')))
+        .unwrap_or(line.len());
+    if name_len == 0 {
+        return None;
+    }
+    let (name, rest) = line.split_at(name_len);
+    let rest = rest.trim_start();
+    let rest = rest.strip_prefix('=').unwrap_or(rest).trim_start();
+    if let Some(quoted) = rest.strip_prefix('\'') {
+        return Some((name, unquote(quoted)?));
+    }
+    let value: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '#')
+        .collect();
+    (!value.is_empty()).then_some((name, value))
+}
+
+/// The content of a quoted value whose opening quote was consumed.
+fn unquote(rest: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                if chars.clone().next() == Some('\'') {
+                    chars.next();
+                    out.push('\'');
+                } else {
+                    return Some(out);
+                }
+            }
+            '\\' => match chars.next()? {
+                'b' => out.push('\u{8}'),
+                'f' => out.push('\u{c}'),
+                'n' => out.push('\n'),
+                'r' => out.push('\r'),
+                't' => out.push('\t'),
+                other => out.push(other),
+            },
+            other => out.push(other),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_quotes_and_backslashes() {
+        assert_eq!(quote_value("nightly").as_deref(), Some("'nightly'"));
+        assert_eq!(quote_value("it's").as_deref(), Some("'it''s'"));
+        assert_eq!(quote_value("nightly\\").as_deref(), Some("'nightly\\\\'"));
+        assert_eq!(quote_value("a\\nb").as_deref(), Some("'a\\\\nb'"));
+        assert_eq!(quote_value("x\ny"), None);
+        assert_eq!(quote_value("x\ry"), None);
+        assert_eq!(quote_value("x\u{0}y"), None);
+    }
+
+    #[test]
+    fn quoted_values_read_back_as_written() {
+        for value in ["plain", "it's", "back\\slash", "a\\nb", "''", "\\'", "é ü"] {
+            let line = format!("recovery_target_name = {}", quote_value(value).unwrap());
+            let (name, parsed) = parse_line(&line).unwrap();
+            assert_eq!(name, "recovery_target_name");
+            assert_eq!(parsed, value, "{line}");
+        }
+    }
+
+    #[test]
+    fn includes_are_found_in_every_spelling() {
+        let text = "\
+# include 'commented.conf'
+shared_buffers = 128MB
+include 'a.conf'
+include_if_exists = '/etc/abs.conf'   # trailing comment
+  INCLUDE_DIR conf.d
+include_dir = 'it''s dir'
+max_connections 100
+";
+        let found = includes(text, Path::new("/data"));
+        assert_eq!(
+            found,
+            vec![
+                Include::File(PathBuf::from("/data/a.conf")),
+                Include::File(PathBuf::from("/etc/abs.conf")),
+                Include::Directory(PathBuf::from("/data/conf.d")),
+                Include::Directory(PathBuf::from("/data/it's dir")),
+            ]
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! The repository's upkeep, shared by the SQL functions and the offline
+//! command: marking backups that were cut off, validating, expiring and
+//! deleting. Each runs with the repository lock held (the caller passes
+//! it as proof) and keeps going on a full disk: reading and removing need
+//! no space, and a status that cannot be written is reported, not fatal.
+
+use crate::catalog::{BackupMode, BackupRecord, BackupStatus};
+use crate::repository::{
+    delete_plan, expire_plan, validate_backup_id, Catalog, Repository, RepositoryError,
+    RepositoryLock, Validation, ValidationReport,
+};
+
+/// What a cut-off backup's record says.
+const INTERRUPTED: &str =
+    "interrupted: the session or the server ended while the backup ran; its partial files were removed";
+
+/// The catalog after marking cut-off backups ERROR, with a warning for
+/// each problem met on the way (a record that could not be rewritten on a
+/// full disk is ERROR in the returned catalog all the same).
+///
+/// A physical backup holds the repository lock while it runs, so under
+/// the lock a RUNNING one was cut off; a dump holds its own running lock.
+/// A cut-off backup's partial files are removed (they can be large and are
+/// never used), then its record is rewritten, so that space is freed first.
+/// Staging directories and abandoned `.creating-*`/`.deleting-*` entries
+/// go too.
+pub fn mark_interrupted(
+    repo: &Repository,
+    _lock: &RepositoryLock,
+) -> Result<(Catalog, Vec<String>), RepositoryError> {
+    let mut warnings = Vec::new();
+    if let Err(error) = repo.remove_abandoned() {
+        warnings.push(format!("could not remove abandoned entries: {error}"));
+    }
+    let mut catalog = repo.list()?;
+    for record in &mut catalog.records {
+        if record.status != BackupStatus::Running {
+            if let Err(error) = repo.remove_leftovers(&record.backup_id, false) {
+                warnings.push(format!("backup {}: {error}", record.backup_id));
+            }
+            continue;
+        }
+        let cut_off = match record.mode {
+            BackupMode::Dump => !repo.is_dump_running(&record.backup_id)?,
+            BackupMode::Full | BackupMode::Incremental => true,
+        };
+        if !cut_off {
+            continue;
+        }
+        if let Err(error) = repo.remove_leftovers(&record.backup_id, true) {
+            warnings.push(format!(
+                "backup {}: its partial files could not all be removed: {error}",
+                record.backup_id
+            ));
+        }
+        record.status = BackupStatus::Error;
+        record.error = Some(INTERRUPTED.to_owned());
+        if let Err(error) = repo.write_record(record) {
+            warnings.push(format!(
+                "backup {} was cut off but could not be recorded as ERROR: {error}",
+                record.backup_id
+            ));
+        }
+    }
+    Ok((catalog, warnings))
+}
+
+/// One row of a validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidationRow {
+    pub backup_id: String,
+    /// The status after validation (for a damaged entry: CORRUPT).
+    pub status: BackupStatus,
+    pub report: ValidationReport,
+    /// Why the status could not be written, if it could not.
+    pub not_recorded: Option<String>,
+}
+
+/// Validates backup `id`, or every backup but the running ones (oldest
+/// first, so that a parent's verdict is known when its children are
+/// judged). Damaged entries are rows with status CORRUPT.
+pub fn validate(
+    repo: &Repository,
+    lock: &RepositoryLock,
+    id: Option<&str>,
+) -> Result<(Vec<ValidationRow>, Vec<String>), RepositoryError> {
+    if let Some(id) = id {
+        validate_backup_id(id)?;
+    }
+    let (catalog, warnings) = mark_interrupted(repo, lock)?;
+    let mut rows = Vec::new();
+    let damaged = catalog
+        .damaged
+        .iter()
+        .filter(|entry| id.is_none_or(|id| id == entry.backup_id));
+    for entry in damaged {
+        rows.push(ValidationRow {
+            backup_id: entry.backup_id.clone(),
+            status: BackupStatus::Corrupt,
+            report: ValidationReport {
+                errors: vec![entry.problem.clone()],
+                ..ValidationReport::default()
+            },
+            not_recorded: None,
+        });
+    }
+    let records: Vec<BackupRecord> = catalog
+        .records
+        .into_iter()
+        .filter(|record| id.is_none_or(|id| id == record.backup_id))
+        .collect();
+    if let Some(id) = id {
+        if records.is_empty() && rows.is_empty() {
+            return Err(RepositoryError::BackupNotFound { id: id.to_owned() });
+        }
+    }
+    for record in records {
+        if record.status == BackupStatus::Running {
+            continue;
+        }
+        let Validation {
+            record,
+            report,
+            not_recorded,
+        } = repo.validate_and_record(record);
+        rows.push(ValidationRow {
+            backup_id: record.backup_id,
+            status: record.status,
+            report,
+            not_recorded,
+        });
+    }
+    Ok((rows, warnings))
+}
+
+/// One backup retention or deletion handled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removal {
+    pub backup_id: String,
+    pub action: String,
+}
+
+/// Applies retention: removes what [`expire_plan`] chose, children first.
+/// A backup a restore is reading is skipped (and so, since the restore
+/// holds its whole chain, are its ancestors), with a row saying so.
+pub fn expire(
+    repo: &Repository,
+    lock: &RepositoryLock,
+    keep_full: Option<u32>,
+    keep_days: Option<u32>,
+    now_us: i64,
+) -> Result<(Vec<Removal>, Vec<String>), RepositoryError> {
+    let (catalog, warnings) = mark_interrupted(repo, lock)?;
+    let mut rows = Vec::new();
+    for (id, action) in expire_plan(&catalog, keep_full, keep_days, now_us) {
+        let action = match repo.remove_backup(&id) {
+            Ok(()) => action.as_str().to_owned(),
+            Err(RepositoryError::BeingRestored { .. }) => {
+                "kept: a restore is reading it".to_owned()
+            }
+            Err(error) => return Err(error),
+        };
+        rows.push(Removal {
+            backup_id: id,
+            action,
+        });
+    }
+    Ok((rows, warnings))
+}
+
+/// Deletes backup `id` (a damaged entry too) and, with `cascade`, what
+/// depends on it; returns the ids removed, children first.
+pub fn delete(
+    repo: &Repository,
+    lock: &RepositoryLock,
+    id: &str,
+    cascade: bool,
+) -> Result<(Vec<String>, Vec<String>), RepositoryError> {
+    validate_backup_id(id)?;
+    let (catalog, warnings) = mark_interrupted(repo, lock)?;
+    let doomed = delete_plan(&catalog, id, cascade)?;
+    repo.remove_backups(&doomed)?;
+    Ok((doomed, warnings))
+}

@@ -1,0 +1,170 @@
+//! The WAL a backup stores, from the segment of its start LSN to the one
+//! of its stop LSN, copied while the backup runs rather than all at its
+//! end: each segment the server has finished (flushed past its end on a
+//! primary, replayed past it on a standby) is copied into the backup as
+//! soon as the copy of the data files polls, and the backup's replication
+//! slot then lets it go. So the slot never holds more than about one
+//! segment plus the one being written, however much WAL the backup's run
+//! sees, and `max_slot_wal_keep_size` cannot cut a backup off; the last,
+//! unfinished segments are copied after `pg_backup_stop`.
+
+use std::ops::ControlFlow;
+
+use blockbackup_core::backup_plan::FileMethod;
+use blockbackup_core::catalog::{StoredFile, StoredKind};
+use blockbackup_core::copy_pipeline::{copy_files, CopyError, CopyOptions, CopyStats, CopyTask};
+use blockbackup_core::{Lsn, TimelineSpan};
+use pgrx::pg_sys;
+
+use super::wal_hold::WalHold;
+use crate::errors;
+use crate::server_paths::data_directory;
+
+pub struct WalCopy {
+    timeline: u32,
+    segment_size: u64,
+    /// The first segment not copied yet.
+    next_segment: u64,
+    stored: Vec<StoredFile>,
+    stats: CopyStats,
+}
+
+impl WalCopy {
+    /// For a backup on `timeline` that starts at `start`.
+    pub fn new(timeline: u32, start: Lsn) -> Self {
+        let segment_size = segment_size();
+        WalCopy {
+            timeline,
+            segment_size,
+            next_segment: start.0 / segment_size,
+            stored: Vec::new(),
+            stats: CopyStats::default(),
+        }
+    }
+
+    /// Copies every segment the server has finished since the last call,
+    /// then moves the slot past them.
+    pub fn copy_finished(
+        &mut self,
+        options: &CopyOptions,
+        hold: &WalHold,
+    ) -> Result<(), CopyError> {
+        let finished = finished_position();
+        let mut tasks = Vec::new();
+        let mut segment = self.next_segment;
+        while (segment + 1) * self.segment_size <= finished.0 {
+            tasks.push(segment_task(self.timeline, segment, self.segment_size));
+            segment += 1;
+        }
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        self.copy(tasks, options)?;
+        self.next_segment = segment;
+        hold.release_before(Lsn(segment * self.segment_size));
+        Ok(())
+    }
+
+    /// Copies the rest, through the segment holding `stop`, and returns
+    /// everything stored with its byte counts.
+    pub fn finish(
+        mut self,
+        history: &[TimelineSpan],
+        stop: Lsn,
+        options: &CopyOptions,
+        poll: &mut dyn FnMut() -> ControlFlow<()>,
+    ) -> Result<(Vec<StoredFile>, CopyStats), CopyError> {
+        check_timeline(history, self.timeline, stop);
+        let tasks: Vec<CopyTask> = (self.next_segment..=stop.0 / self.segment_size)
+            .map(|segment| segment_task(self.timeline, segment, self.segment_size))
+            .collect();
+        let expected = tasks.len();
+        let (files, stats) = copy_files(tasks, options, &mut |_| poll())?;
+        missing_segment_check(expected, &files);
+        self.add(files, stats);
+        Ok((self.stored, self.stats))
+    }
+
+    fn copy(&mut self, tasks: Vec<CopyTask>, options: &CopyOptions) -> Result<(), CopyError> {
+        let expected = tasks.len();
+        let (files, stats) = copy_files(tasks, options, &mut |_| ControlFlow::Continue(()))?;
+        missing_segment_check(expected, &files);
+        self.add(files, stats);
+        Ok(())
+    }
+
+    fn add(&mut self, files: Vec<StoredFile>, stats: CopyStats) {
+        self.stored.extend(files);
+        self.stats.bytes_read += stats.bytes_read;
+        self.stats.bytes_written += stats.bytes_written;
+    }
+}
+
+fn segment_size() -> u64 {
+    unsafe { pg_sys::wal_segment_size as u64 }
+}
+
+/// How far WAL is complete on disk: flushed on a primary, replayed on a
+/// standby (whose receiver flushed it before replay).
+fn finished_position() -> Lsn {
+    unsafe {
+        if pg_sys::RecoveryInProgress() {
+            Lsn(pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut()))
+        } else {
+            Lsn(pg_sys::GetFlushRecPtr(std::ptr::null_mut()))
+        }
+    }
+}
+
+/// A copy that stored fewer segments than asked: one vanished from
+/// pg_wal, which the slot should have prevented.
+fn missing_segment_check(expected: usize, files: &[StoredFile]) {
+    if files.len() != expected {
+        errors::backup_failed(
+            "a WAL segment the backup needs was removed from pg_wal while it was being copied"
+                .into(),
+        );
+    }
+}
+
+fn check_timeline(history: &[TimelineSpan], timeline: u32, stop: Lsn) {
+    if let Some(span) = history.iter().find(|s| s.timeline == timeline) {
+        if span.end.is_some_and(|end| end <= stop) {
+            errors::backup_failed(format!(
+                "the server switched timelines during the backup (timeline {timeline} ended)"
+            ));
+        }
+    }
+}
+
+fn segment_task(timeline: u32, segment: u64, segment_size: u64) -> CopyTask {
+    let segments_per_id = 0x1_0000_0000u64 / segment_size;
+    let name = format!(
+        "{timeline:08X}{:08X}{:08X}",
+        segment / segments_per_id,
+        segment % segments_per_id
+    );
+    let source = data_directory().join("pg_wal").join(&name);
+    if !source.exists() {
+        errors::backup_failed(format!(
+            "WAL segment {name} needed by the backup is missing from pg_wal"
+        ));
+    }
+    CopyTask {
+        source,
+        path: format!("pg_wal/{name}"),
+        method: FileMethod::Whole,
+        kind: StoredKind::Wal,
+        mtime: 0,
+    }
+}
+
+/// The WAL segments from the one holding `start` to the one holding
+/// `stop`, all at once (for a restore point, whose WAL follows a backup's).
+pub fn wal_tasks(history: &[TimelineSpan], timeline: u32, start: Lsn, stop: Lsn) -> Vec<CopyTask> {
+    check_timeline(history, timeline, stop);
+    let segment_size = segment_size();
+    (start.0 / segment_size..=stop.0 / segment_size)
+        .map(|segment| segment_task(timeline, segment, segment_size))
+        .collect()
+}
