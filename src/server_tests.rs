@@ -141,6 +141,50 @@ mod tests {
         assert_eq!(state.ok().flatten().as_deref(), Some("55000"));
     }
 
+    /// The SQLSTATE a statement fails with (run in a DO block).
+    fn sqlstate_of(statement: &str) -> Option<String> {
+        Spi::get_one::<String>(&format!(
+            "DO $$ BEGIN
+                 {statement};
+                 PERFORM set_config('bb.state', 'none', true);
+             EXCEPTION WHEN OTHERS THEN
+                 PERFORM set_config('bb.state', SQLSTATE, true);
+             END $$;
+             SELECT current_setting('bb.state', true)"
+        ))
+        .ok()
+        .flatten()
+    }
+
+    #[pg_test]
+    fn a_null_argument_is_22004_in_every_function() {
+        for statement in [
+            "PERFORM blockbackup.delete_backup(NULL)",
+            "PERFORM * FROM blockbackup.take_backup(NULL)",
+            "PERFORM * FROM blockbackup.restore_backup(NULL, '/nowhere')",
+            "PERFORM * FROM blockbackup.backup_start(NULL)",
+            "PERFORM * FROM blockbackup.create_restore_point(NULL)",
+            "PERFORM * FROM blockbackup.launch_dump_agent(NULL)",
+            "PERFORM blockbackup.cancel_dump_agent(NULL)",
+            "PERFORM blockbackup.wait_for_summary(NULL)",
+            "PERFORM * FROM blockbackup.changed_blocks(NULL, NULL)",
+        ] {
+            assert_eq!(sqlstate_of(statement).as_deref(), Some("22004"), "{statement}");
+        }
+    }
+
+    #[pg_test]
+    fn settings_are_checked_when_they_are_set() {
+        assert_eq!(
+            sqlstate_of("SET blockbackup.compression = 'bogus'").as_deref(),
+            Some("22023")
+        );
+        assert_eq!(
+            sqlstate_of("SET blockbackup.compression = 'gzip'").as_deref(),
+            Some("none")
+        );
+    }
+
     #[pg_test(
         error = "dump agent not started: argument \"--host=elsewhere\" is not allowed in extra_args"
     )]
