@@ -69,6 +69,12 @@ def test_restore_places_for_a_backup_role():
         with open(os.path.join(c.datadir, "postgresql.conf"), "a") as f:
             f.write(f"\ninclude_dir = {quote_literal(confd)}\n"
                     f"include_if_exists = {quote_literal(extra)}\n")
+        # From PostgreSQL 16 on, pg_hba.conf includes files too.
+        hba_dir = None
+        if int(c.sql_value("SHOW server_version_num")) >= 160000:
+            hba_dir = make_postgres_dir(os.path.join(td.path, "hba.d"))
+            with open(os.path.join(c.datadir, "pg_hba.conf"), "a") as f:
+                f.write(f"\ninclude_dir {quote_literal(hba_dir)}\n")
         c.reload()
         wait_until(lambda: c.sql_value("SHOW work_mem") == "5MB", timeout=30,
                    what="the included file to be read")
@@ -99,7 +105,7 @@ def test_restore_places_for_a_backup_role():
         bk.set_config(c, "blockbackup.restore_directory", td.path)
         for user in (ROLE, "postgres"):
             for target in (confd, os.path.join(confd, "sub"), extra_dir,
-                           os.path.join(extra_dir, "x")):
+                           os.path.join(extra_dir, "x")) + ((hba_dir,) if hba_dir else ()):
                 bk.expect_sqlstate(c, bk.restore_query(b.backup_id, target), "22023",
                                    user=user, contains=r"configuration")
             assert os.listdir(confd) == [], f"restore wrote into include_dir: {os.listdir(confd)}"

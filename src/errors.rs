@@ -254,6 +254,10 @@ pub fn repository(error: RepositoryError) -> ! {
             PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             "Pass cascade => true to delete the backups that depend on it too.",
         ),
+        E::MayBeParentOfDamaged { .. } => (
+            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            "blockbackup.backups() shows the damaged entry as CORRUPT with its problem; restore its backup.json from a copy, or delete that entry first.",
+        ),
         E::NotARepository { .. } | E::NotEmpty { .. } | E::OtherCluster { .. } => (
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "Point blockbackup.repository at an empty directory or at this cluster's repository.",

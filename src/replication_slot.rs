@@ -67,8 +67,13 @@ pub fn held_wal() -> Option<HeldWal> {
         }
         let restart = restart_lsn(slot);
         let invalidated = is_invalidated(&*slot);
+        // What a checkpoint (restartpoint) measures slots against: the
+        // insert position, on a standby the further of receive and replay.
         let now = if pg_sys::RecoveryInProgress() {
-            pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut())
+            pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut()).max(pg_sys::GetWalRcvFlushRecPtr(
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            ))
         } else {
             pg_sys::GetXLogInsertRecPtr()
         };

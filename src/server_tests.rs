@@ -169,7 +169,11 @@ mod tests {
             "PERFORM blockbackup.wait_for_summary(NULL)",
             "PERFORM * FROM blockbackup.changed_blocks(NULL, NULL)",
         ] {
-            assert_eq!(sqlstate_of(statement).as_deref(), Some("22004"), "{statement}");
+            assert_eq!(
+                sqlstate_of(statement).as_deref(),
+                Some("22004"),
+                "{statement}"
+            );
         }
     }
 

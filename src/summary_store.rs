@@ -67,6 +67,16 @@ pub fn try_changes_between(start: Lsn, end: Lsn) -> Result<BlockMap, ChangesErro
 /// write one at once. Returns how far summaries reach: Err when the
 /// timeout passed first.
 pub fn wait_until_summarized(lsn: Lsn, timeout: Duration) -> Result<Lsn, Lsn> {
+    wait_until_summarized_while(lsn, timeout, &mut || {})
+}
+
+/// [`wait_until_summarized`], calling `tick` at every wake-up (at least
+/// every 100 ms): a backup watches the WAL it holds meanwhile.
+pub fn wait_until_summarized_while(
+    lsn: Lsn,
+    timeout: Duration,
+    tick: &mut dyn FnMut(),
+) -> Result<Lsn, Lsn> {
     let shared = shared_state::get();
     let deadline = Instant::now() + timeout;
     let outcome = loop {
@@ -82,6 +92,7 @@ pub fn wait_until_summarized(lsn: Lsn, timeout: Duration) -> Result<Lsn, Lsn> {
         shared.wake_worker();
         shared.sleep_for_summary(remaining.min(Duration::from_millis(100)).as_millis() as i64);
         pg_sys::check_for_interrupts!();
+        tick();
     };
     shared.stop_sleeping();
     outcome

@@ -5,6 +5,7 @@
 //! pg_blockbackup --repository DIR validate [BACKUP_ID]
 //! pg_blockbackup --repository DIR restore BACKUP_ID TARGET_DIR
 //!                [--tablespace-mapping OLD=NEW]... [--recovery-target-lsn LSN | --recovery-target-name NAME] [--parallel N]
+//!                [--pgdata DIR]
 //! ```
 //!
 //! It does what the SQL functions `backups()`, `validate_backup()` and
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use blockbackup_core::catalog::BackupStatus;
+use blockbackup_core::conf_file::configuration_directories;
 use blockbackup_core::reconstruct::{chain_members, restore, RestoreOptions};
 use blockbackup_core::repository::{validate_backup_id, Repository};
 use blockbackup_core::restore_target::{DestinationRules, ForbiddenPlace};
@@ -26,7 +28,8 @@ const USAGE: &str = "usage:
   pg_blockbackup --repository DIR list
   pg_blockbackup --repository DIR validate [BACKUP_ID]
   pg_blockbackup --repository DIR restore BACKUP_ID TARGET_DIR
-                 [--tablespace-mapping OLD=NEW]... [--recovery-target-lsn LSN | --recovery-target-name NAME] [--parallel N]";
+                 [--tablespace-mapping OLD=NEW]... [--recovery-target-lsn LSN | --recovery-target-name NAME] [--parallel N]
+                 [--pgdata DIR]   (default $PGDATA: a data directory the restore must stay away from)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,7 +53,8 @@ fn run(args: &[String]) -> Result<(), String> {
             "--tablespace-mapping"
             | "--recovery-target-lsn"
             | "--recovery-target-name"
-            | "--parallel" => options.push((arg.clone(), next_value(&mut iter, arg)?)),
+            | "--parallel"
+            | "--pgdata" => options.push((arg.clone(), next_value(&mut iter, arg)?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -147,6 +151,36 @@ fn validate(repo: &Repository, id: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
+/// The repository, and with a data directory named, that directory, its
+/// tablespaces and the directories its configuration comes from: what
+/// restore_backup() keeps a restore away from on a running server.
+fn forbidden_places(repo: &Repository, pgdata: Option<&std::path::Path>) -> Vec<ForbiddenPlace> {
+    let mut places = vec![ForbiddenPlace::new(repo.root(), "the repository")];
+    let Some(pgdata) = pgdata else {
+        return places;
+    };
+    places.push(ForbiddenPlace::new(pgdata, "the data directory"));
+    if let Ok(entries) = std::fs::read_dir(pgdata.join("pg_tblspc")) {
+        for entry in entries.flatten() {
+            places.push(ForbiddenPlace::new(
+                &entry.path(),
+                "a tablespace of the data directory",
+            ));
+        }
+    }
+    let starts: Vec<PathBuf> = ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"]
+        .iter()
+        .map(|name| pgdata.join(name))
+        .collect();
+    for dir in configuration_directories(&starts) {
+        places.push(ForbiddenPlace::new(
+            &dir,
+            "a directory its configuration comes from",
+        ));
+    }
+    places
+}
+
 fn restore_backup(
     repo: &Repository,
     id: &str,
@@ -157,8 +191,13 @@ fn restore_backup(
     // The same rules as restore_backup(): never into the repository
     // (which holds the backups; a directory in it would look like a broken
     // backup), always into an absolute, new or empty directory.
+    let pgdata = options
+        .iter()
+        .find(|(flag, _)| flag == "--pgdata")
+        .map(|(_, value)| PathBuf::from(value))
+        .or_else(|| std::env::var_os("PGDATA").map(PathBuf::from));
     let rules = DestinationRules {
-        forbidden: vec![ForbiddenPlace::new(repo.root(), "the repository")],
+        forbidden: forbidden_places(repo, pgdata.as_deref()),
         confined_to: None,
     };
     let mut restore_options = RestoreOptions {
@@ -189,6 +228,7 @@ fn restore_backup(
                         .map_err(|e| format!("--recovery-target-lsn: {e}"))?,
                 )
             }
+            "--pgdata" => {}
             _ => {
                 restore_options.threads = value
                     .parse()

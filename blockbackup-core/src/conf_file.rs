@@ -9,7 +9,12 @@
 //! `include_dir` name further files relative to the including file's
 //! directory.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+/// How deep configuration files may include each other (as PostgreSQL's
+/// CONF_FILE_MAX_DEPTH).
+const MAX_INCLUDE_DEPTH: usize = 10;
 
 /// `value` quoted for a configuration file as `ALTER SYSTEM` writes it:
 /// in single quotes, with `'` and `\` doubled, so that the server's
@@ -70,6 +75,49 @@ pub fn includes(text: &str, dir: &Path) -> Vec<Include> {
         }
     }
     found
+}
+
+/// The directories a server reads configuration from, given the files it
+/// starts from (`config_file`, and `hba_file` and `ident_file`, which take
+/// include directives too from PostgreSQL 16 on): the directory of each,
+/// and of every file they include, followed as the server follows them,
+/// and every `include_dir`.
+pub fn configuration_directories(files: &[PathBuf]) -> BTreeSet<PathBuf> {
+    let mut dirs = BTreeSet::new();
+    for file in files {
+        follow_includes(file, 0, &mut dirs);
+    }
+    dirs
+}
+
+fn follow_includes(file: &Path, depth: usize, dirs: &mut BTreeSet<PathBuf>) {
+    let Some(dir) = file.parent() else {
+        return;
+    };
+    dirs.insert(dir.to_owned());
+    if depth >= MAX_INCLUDE_DEPTH {
+        return;
+    }
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return;
+    };
+    for include in includes(&text, dir) {
+        match include {
+            Include::File(path) => follow_includes(&path, depth + 1, dirs),
+            Include::Directory(path) => {
+                dirs.insert(path.clone());
+                let Ok(entries) = std::fs::read_dir(&path) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.ends_with(".conf") && !name.starts_with('.') {
+                        follow_includes(&entry.path(), depth + 1, dirs);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `(name, value)` of a setting line, the value unquoted; None for blank,
@@ -146,6 +194,50 @@ mod tests {
             assert_eq!(name, "recovery_target_name");
             assert_eq!(parsed, value, "{line}");
         }
+    }
+
+    #[test]
+    fn configuration_directories_follow_includes() {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path();
+        for dir in ["data", "conf.d", "extra", "hba.d", "deep"] {
+            std::fs::create_dir(root.join(dir)).unwrap();
+        }
+        std::fs::write(
+            root.join("data/postgresql.conf"),
+            format!(
+                "include_dir = '{}'\ninclude_if_exists '{}'\n",
+                root.join("conf.d").display(),
+                root.join("extra/x.conf").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(root.join("extra/x.conf"), "include '../deep/y.conf'\n").unwrap();
+        std::fs::write(
+            root.join("data/pg_hba.conf"),
+            format!(
+                "local all all trust\ninclude_dir {}\n",
+                root.join("hba.d").display()
+            ),
+        )
+        .unwrap();
+        let dirs = configuration_directories(&[
+            root.join("data/postgresql.conf"),
+            root.join("data/pg_hba.conf"),
+        ]);
+        let expected: BTreeSet<PathBuf> = ["data", "conf.d", "extra", "hba.d", "deep"]
+            .iter()
+            .map(|d| root.join(d))
+            .collect();
+        let found: BTreeSet<PathBuf> = dirs
+            .into_iter()
+            .map(|d| d.canonicalize().unwrap_or(d))
+            .collect();
+        let expected: BTreeSet<PathBuf> = expected
+            .into_iter()
+            .map(|d| d.canonicalize().unwrap())
+            .collect();
+        assert_eq!(found, expected);
     }
 
     #[test]

@@ -140,6 +140,8 @@ pub enum CopyError {
     BadPath { path: String },
     #[error("the copy was cancelled")]
     Cancelled,
+    #[error("\"{}\" is gone: {why}", path.display())]
+    Gone { path: PathBuf, why: String },
 }
 
 fn read_error(path: &Path) -> impl Fn(io::Error) -> CopyError + '_ {
@@ -323,7 +325,16 @@ fn run_pool<T: Sync, R: Send>(
     let stop = AtomicBool::new(false);
     let mut first_error = None;
     let mut cancelled = false;
+    /// Stops the workers if this thread unwinds (a panic in `poll` or
+    /// `done`): the scope joins them before the unwinding goes on.
+    struct StopOnUnwind<'a>(&'a AtomicBool);
+    impl Drop for StopOnUnwind<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     thread::scope(|scope| {
+        let _stop_on_unwind = StopOnUnwind(&stop);
         let (sender, receiver) = mpsc::channel();
         for number in 0..threads.clamp(1, items.len().max(1)) {
             let sender = sender.clone();

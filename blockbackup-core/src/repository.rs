@@ -170,6 +170,8 @@ pub enum RepositoryError {
     StillRunning { id: String },
     #[error("backup \"{id}\" is being read by a restore; wait for the restore to end")]
     BeingRestored { id: String },
+    #[error("backup \"{id}\" may be the parent of \"{damaged}\", whose record cannot be read; repair \"{damaged}\"'s backup.json or delete it first")]
+    MayBeParentOfDamaged { id: String, damaged: String },
 }
 
 fn io_error(path: &Path, source: io::Error) -> RepositoryError {
@@ -741,13 +743,25 @@ impl Repository {
     }
 
     /// The exclusive side of [`Repository::hold_for_reading`], without
-    /// waiting: BeingRestored while a restore holds the backup.
-    fn lock_out_readers(&self, id: &str) -> Result<Option<File>, RepositoryError> {
+    /// waiting: BeingRestored while a restore holds the backup. Hold what
+    /// it returns while changing the backup's files.
+    pub fn lock_out_readers(&self, id: &str) -> Result<Option<File>, RepositoryError> {
+        validate_backup_id(id)?;
         let path = self.backup_dir(id).join(READING_LOCK_NAME);
-        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+        let file = match open_lock_file(&path) {
             Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(io_error(&path, error)),
+            // A backup of an older release without the file, on a disk
+            // too full (or read-only) to add it: no restore can have taken
+            // it either.
+            Err(RepositoryError::Io { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOSPC) | Some(libc::EROFS)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(error) => return Err(error),
         };
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
@@ -1385,14 +1399,21 @@ pub fn expire_plan(
             }
         }
     }
-    // The newest full chain stays, whatever its status says today.
-    if let Some(newest_full) = records
-        .iter()
-        .filter(not_failed)
-        .filter(|record| record.mode == BackupMode::Full)
-        .max_by_key(|record| (record.start_time_us, &record.backup_id))
+    // The newest full chain stays, whatever its status says today, and so
+    // does the newest one that is usable.
+    let newest_full = |usable_only: bool| {
+        records
+            .iter()
+            .filter(not_failed)
+            .filter(|record| record.mode == BackupMode::Full)
+            .filter(|record| !usable_only || record.status.is_usable())
+            .max_by_key(|record| (record.start_time_us, &record.backup_id))
+    };
+    for newest in [newest_full(false), newest_full(true)]
+        .into_iter()
+        .flatten()
     {
-        roots.insert(newest_full.backup_id.as_str());
+        roots.insert(newest.backup_id.as_str());
     }
     kept.extend(
         records
@@ -1410,11 +1431,18 @@ pub fn expire_plan(
             }
         }
     }
-    // What reaches a damaged entry cannot be judged: it stays.
+    // What reaches a damaged entry cannot be judged: it stays. And since a
+    // damaged entry's own parent is unknown, whatever it may be built on
+    // stays too.
     for record in records.iter().filter(not_failed) {
         let root = chain_root(&record.backup_id, &by_id);
         let parent_of_root = by_id.get(root).and_then(|r| r.parent_backup_id.as_deref());
-        if parent_of_root.is_some_and(|parent| catalog.damaged_entry(parent).is_some()) {
+        if parent_of_root.is_some_and(|parent| catalog.damaged_entry(parent).is_some())
+            || catalog
+                .damaged
+                .iter()
+                .any(|entry| may_depend_on(&entry.backup_id, record))
+        {
             kept.insert(record.backup_id.as_str());
         }
     }
@@ -1443,6 +1471,33 @@ pub fn expire_plan(
             (id.to_owned(), action)
         })
         .collect()
+}
+
+/// Whether the damaged entry `damaged` (whose record, and so whose
+/// parent, is unknown) may be built on `record`: unless its id says it is a
+/// full backup or a dump, any backup that started before it may be its
+/// ancestor. An id not of our making may be anything.
+fn may_depend_on(damaged: &str, record: &BackupRecord) -> bool {
+    let stamp_len = "YYYYMMDD-HHMMSS".len();
+    let (Some(stamp), Some(letter)) = (damaged.get(..stamp_len), damaged.as_bytes().get(stamp_len))
+    else {
+        return true;
+    };
+    let ours = stamp.bytes().enumerate().all(|(i, b)| {
+        if i == 8 {
+            b == b'-'
+        } else {
+            b.is_ascii_digit()
+        }
+    });
+    if !ours {
+        return true;
+    }
+    match letter {
+        b'F' | b'D' => false,
+        b'I' => utc_timestamp_name(record.start_time_us).as_str() <= stamp,
+        _ => true,
+    }
 }
 
 /// The backups `delete_backup(id, cascade)` removes, children first: `id`
@@ -1483,6 +1538,19 @@ pub fn delete_plan(
         return Err(RepositoryError::StillRunning {
             id: running.backup_id.clone(),
         });
+    }
+    for record in records
+        .iter()
+        .filter(|r| doomed.contains(r.backup_id.as_str()))
+    {
+        if let Some(entry) = catalog.damaged.iter().find(|entry| {
+            !doomed.contains(entry.backup_id.as_str()) && may_depend_on(&entry.backup_id, record)
+        }) {
+            return Err(RepositoryError::MayBeParentOfDamaged {
+                id: record.backup_id.clone(),
+                damaged: entry.backup_id.clone(),
+            });
+        }
     }
     if !cascade && doomed.len() > 1 {
         let children = records

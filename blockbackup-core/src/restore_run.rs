@@ -58,7 +58,7 @@ use crate::reconstruct::{
     ReconstructedFile, RestoreError, Version,
 };
 use crate::restore_target::DestinationRules;
-use crate::safe_fs::TargetTree;
+use crate::safe_fs::{open_regular_beneath, TargetTree};
 use crate::safe_path::safe_relative_path;
 
 #[derive(Clone, Debug)]
@@ -132,6 +132,8 @@ const STANDBY_SIGNAL: &str = "standby.signal";
 const PG_VERSION: &str = "PG_VERSION";
 /// Present while a restore writes the directory.
 pub const MARKER: &str = "pg_blockbackup_restore_in_progress";
+/// How the marker's text begins.
+const MARKER_PREFIX: &str = "restore of backup ";
 
 /// How often, at least, `poll` is called.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -446,20 +448,33 @@ fn check_target_empty(target: &Path) -> Result<(), RestoreError> {
     if is_absent_or_empty_dir(target).map_err(io_error(target))? {
         return Ok(());
     }
-    let marker = target.join(MARKER);
-    if std::fs::symlink_metadata(&marker).is_ok() {
-        let detail = std::fs::read_to_string(&marker)
-            .ok()
-            .and_then(|text| text.lines().next().map(str::to_owned))
-            .unwrap_or_else(|| "its marker could not be read".to_owned());
+    if std::fs::symlink_metadata(target.join(MARKER)).is_ok() {
         return Err(RestoreError::InterruptedRestore {
             path: target.to_owned(),
-            detail,
+            detail: marker_summary(target),
         });
     }
     Err(RestoreError::TargetNotEmpty {
         path: target.to_owned(),
     })
+}
+
+/// The first line of the marker an interrupted restore left, if it is
+/// one: a small regular file, not a link, in our own words. Anything else
+/// is not echoed (the directory may be someone else's).
+fn marker_summary(target: &Path) -> String {
+    const UNREADABLE: &str = "its marker could not be read";
+    let Ok(file) = open_regular_beneath(target, Path::new(MARKER)) else {
+        return UNREADABLE.to_owned();
+    };
+    let mut text = String::new();
+    if file.take(1024).read_to_string(&mut text).is_err() {
+        return UNREADABLE.to_owned();
+    }
+    match text.lines().next() {
+        Some(line) if line.starts_with(MARKER_PREFIX) => line.to_owned(),
+        _ => UNREADABLE.to_owned(),
+    }
 }
 
 /// The directory trees a restore writes: the target and each mapped
@@ -613,15 +628,18 @@ fn restore_into(
             }
         }
     })?;
+    trees.target = Some(tree);
     let marker = format!(
-        "restore of backup {} started at {} (Unix time) by process {}; it did not finish\n",
+        "{MARKER_PREFIX}{} started at {} (Unix time) by process {}; it did not finish\n",
         newest.record.backup_id,
         unix_now(),
         std::process::id()
     );
-    write_new_file(&tree, MARKER, marker.as_bytes(), 0)?;
-    tree.sync_directories().map_err(io_error(target))?;
-    trees.target = Some(tree);
+    write_new_file(trees.target(), MARKER, marker.as_bytes(), 0)?;
+    trees
+        .target()
+        .sync_directories()
+        .map_err(io_error(target))?;
 
     // Directories: mapped tablespaces with their links, then every
     // directory a file or PostgreSQL needs, parents first.
@@ -945,14 +963,14 @@ fn append_settings(
 ) -> Result<ManifestFile, RestoreError> {
     let path = tree.root().join(AUTO_CONF);
     let relative = Path::new(AUTO_CONF);
-    let mut file = if exists {
-        tree.open_created_file(relative)
-    } else {
-        tree.create_file(relative)
-    }
-    .map_err(io_error(&path))?;
     let mut content = Vec::new();
-    file.read_to_end(&mut content).map_err(io_error(&path))?;
+    let mut file = if exists {
+        let mut file = tree.open_created_file(relative).map_err(io_error(&path))?;
+        file.read_to_end(&mut content).map_err(io_error(&path))?;
+        file
+    } else {
+        tree.create_file(relative).map_err(io_error(&path))?
+    };
     let mut addition = Vec::new();
     if content.last().is_some_and(|&b| b != b'\n') {
         addition.push(b'\n');

@@ -9,11 +9,13 @@
 //!
 //! Both walk paths one component at a time from a directory handle, with
 //! `O_NOFOLLOW` on every component, so a link anywhere below the starting
-//! directory is an error, never followed. A [`TargetTree`] then keeps the
-//! handle of every directory it created open: files are created relative
-//! to those handles, and removing what the restore made goes through the
-//! same handles, one entry at a time, so it can only ever remove what this
-//! restore created itself, wherever the directories were moved meanwhile.
+//! directory is an error, never followed. A [`TargetTree`] walks its
+//! root's (resolved) path that way from `/`, keeps the root's handle, and
+//! reaches every directory it created from there, checking each is the
+//! one it made: files are created relative to those handles, and removing
+//! what the restore made goes through them, one entry at a time, so it can
+//! only ever remove what this restore created itself, wherever the tree was
+//! moved meanwhile.
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -239,44 +241,69 @@ fn is_empty_dir(fd: &OwnedFd) -> io::Result<bool> {
     Ok(empty)
 }
 
-/// A directory of a [`TargetTree`], by its handle.
-struct Dir {
-    fd: OwnedFd,
-    /// Its parent's index and its name there, to remove it again; None
-    /// for the root when the restore did not create it.
-    created_in: Option<(usize, CString)>,
+/// Opens the absolute directory `path` from `/`, one component at a time,
+/// none of them followed if it is a link: for a path already resolved
+/// (free of links), a link met on the way means someone put it there.
+pub fn open_resolved_directory(path: &Path) -> io::Result<OwnedFd> {
+    let mut dir = open_plain_directory(Path::new("/"))?;
+    for component in path.components() {
+        match component {
+            Component::RootDir => {}
+            Component::Normal(part) => dir = open_dir_at(dir.as_raw_fd(), part)?,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "\"{}\" is not an absolute path without \"..\"",
+                        path.display()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(dir)
 }
 
-/// The parent of a root that the restore did not create.
+/// A directory tree a restore creates, reached only through handles and
+/// never by following a link.
+///
+/// [`TargetTree::create`] opens (or creates) the root, walking its path
+/// from `/` without following links. Every directory and file below it is
+/// then made through the handle of its parent, which is reached from the
+/// root's handle component by component with `O_NOFOLLOW`, and checked to
+/// be the very directory the tree created (device and inode), so neither a
+/// link nor a directory moved into place can stand in for it. Only the
+/// root's handle stays open: a tree of thousands of directories costs no
+/// more descriptors than one. [`TargetTree::remove_created`] undoes
+/// exactly what the tree made.
+pub struct TargetTree {
+    root_path: PathBuf,
+    root: OwnedFd,
+    /// Directories created under the root, in creation order, with the
+    /// identity each had when made.
+    dirs: Vec<(PathBuf, (u64, u64))>,
+    identities: std::collections::HashMap<PathBuf, (u64, u64)>,
+    /// Files (and links) created, relative to the root, in creation order.
+    files: Mutex<Vec<PathBuf>>,
+    /// Directories above the root created for it, outermost first, each
+    /// with the handle of the directory it was made in.
+    created_parents: Vec<(CString, OwnedFd)>,
+    /// Where the root itself is, to remove it if the tree created it.
+    anchor: Option<Anchor>,
+}
+
+/// The parent of a root that the tree created.
 struct Anchor {
     fd: OwnedFd,
     name: CString,
     identity: (u64, u64),
 }
 
-/// A directory tree a restore creates, reached only through handles.
-///
-/// [`TargetTree::create`] opens (or creates) the root; every directory
-/// and file below it is then made through the handle of its parent.
-/// [`TargetTree::remove_created`] undoes exactly what the tree made.
-pub struct TargetTree {
-    root_path: PathBuf,
-    dirs: Vec<Dir>,
-    /// Relative directory path to its index in `dirs` ("" is the root).
-    index: std::collections::HashMap<PathBuf, usize>,
-    /// Files created, as (directory index, name), in creation order.
-    files: Mutex<Vec<(usize, CString)>>,
-    /// Directories above the root created for it (outermost first) and
-    /// the handle of the directory that existed above them.
-    created_parents: Vec<(CString, OwnedFd)>,
-    /// Where the root itself is, to remove it if the tree created it.
-    anchor: Option<Anchor>,
-}
-
 impl TargetTree {
-    /// Opens `root` (absolute) if it is an empty directory, or creates it
-    /// with any missing parents (mode 0700). A root that is a symbolic
-    /// link is refused.
+    /// Opens `root` (absolute, resolved: no links on its path) if it is an
+    /// empty directory, or creates it with any missing parents (mode
+    /// 0700). A link anywhere on its path is refused. If anything fails,
+    /// what was created is removed again.
     pub fn create(root: &Path) -> io::Result<Self> {
         if !root.is_absolute() {
             return Err(io::Error::new(
@@ -284,8 +311,7 @@ impl TargetTree {
                 format!("\"{}\" is not an absolute path", root.display()),
             ));
         }
-        // Find the nearest existing ancestor, then create downwards from
-        // its handle.
+        // The nearest existing ancestor, then downwards from its handle.
         let mut missing = Vec::new();
         let mut existing = root;
         loop {
@@ -300,108 +326,143 @@ impl TargetTree {
             }
         }
         missing.reverse();
-        let mut created_parents = Vec::new();
-        let (root_dir, anchor) = if missing.is_empty() {
-            let (parent, name) = split_last(root)?;
-            let parent_fd = open_plain_directory(parent)?;
-            let fd = open_dir_at(parent_fd.as_raw_fd(), name)?;
+        let mut created_parents: Vec<(CString, OwnedFd)> = Vec::new();
+        let undo_parents = |created: &[(CString, OwnedFd)]| {
+            for (name, parent) in created.iter().rev() {
+                let _ = unlink_at(
+                    parent.as_raw_fd(),
+                    OsStr::from_bytes(name.as_bytes()),
+                    libc::AT_REMOVEDIR,
+                );
+            }
+        };
+        let (root_fd, anchor) = if missing.is_empty() {
+            let fd = open_resolved_directory(root)?;
             if !is_empty_dir(&fd)? {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
                     format!("\"{}\" is not empty", root.display()),
                 ));
             }
-            (
-                Dir {
-                    fd,
-                    created_in: None,
-                },
-                None,
-            )
+            (fd, None)
         } else {
-            let mut parent = open_plain_directory(existing)?;
-            let (last, above) = missing
-                .split_last()
-                .unwrap_or_else(|| unreachable!("checked non-empty"));
-            for name in above {
-                mkdir_at(parent.as_raw_fd(), name)?;
-                let child = open_dir_at(parent.as_raw_fd(), name)?;
-                created_parents.push((c_name(name)?, parent));
-                parent = child;
-            }
-            mkdir_at(parent.as_raw_fd(), last)?;
-            let fd = open_dir_at(parent.as_raw_fd(), last)?;
-            let identity = identity_of_fd(fd.as_raw_fd())?;
-            (
-                Dir {
+            let made = (|| -> io::Result<(OwnedFd, Anchor)> {
+                let mut parent = open_resolved_directory(existing)?;
+                let (last, above) = missing
+                    .split_last()
+                    .unwrap_or_else(|| unreachable!("checked non-empty"));
+                for name in above {
+                    mkdir_at(parent.as_raw_fd(), name)?;
+                    let name = c_name(name)?;
+                    let child = open_dir_at(parent.as_raw_fd(), OsStr::from_bytes(name.as_bytes()));
+                    created_parents.push((name, parent));
+                    parent = child?;
+                }
+                mkdir_at(parent.as_raw_fd(), last)?;
+                let fd = open_dir_at(parent.as_raw_fd(), last);
+                let anchor_name = c_name(last)?;
+                let fd = match fd {
+                    Ok(fd) => fd,
+                    Err(error) => {
+                        let _ = unlink_at(parent.as_raw_fd(), last, libc::AT_REMOVEDIR);
+                        return Err(error);
+                    }
+                };
+                let identity = identity_of_fd(fd.as_raw_fd())?;
+                Ok((
                     fd,
-                    created_in: None,
-                },
-                Some(Anchor {
-                    fd: parent,
-                    name: c_name(last)?,
-                    identity,
-                }),
-            )
+                    Anchor {
+                        fd: parent,
+                        name: anchor_name,
+                        identity,
+                    },
+                ))
+            })();
+            match made {
+                Ok((fd, anchor)) => (fd, Some(anchor)),
+                Err(error) => {
+                    undo_parents(&created_parents);
+                    return Err(error);
+                }
+            }
         };
-        // Restored data directories are private to their owner.
-        // SAFETY: a valid descriptor.
-        check(unsafe { libc::fchmod(root_dir.fd.as_raw_fd(), 0o700) })?;
-        let mut index = std::collections::HashMap::new();
-        index.insert(PathBuf::new(), 0);
-        Ok(TargetTree {
+        let tree = TargetTree {
             root_path: root.to_owned(),
-            dirs: vec![root_dir],
-            index,
+            root: root_fd,
+            dirs: Vec::new(),
+            identities: std::collections::HashMap::new(),
             files: Mutex::new(Vec::new()),
             created_parents,
             anchor,
-        })
+        };
+        // Restored data directories are private to their owner.
+        // SAFETY: a valid descriptor.
+        if let Err(error) = check(unsafe { libc::fchmod(tree.root.as_raw_fd(), 0o700) }) {
+            let _ = tree.remove_created();
+            return Err(error);
+        }
+        Ok(tree)
     }
 
     pub fn root(&self) -> &Path {
         &self.root_path
     }
 
-    fn dir_index(&self, relative: &Path) -> io::Result<usize> {
-        self.index.get(relative).copied().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "directory \"{}\" was not created by the restore",
-                    relative.display()
-                ),
-            )
-        })
+    /// A handle of the directory `relative` ("" is the root), reached from
+    /// the root without following links and checked to be the directory
+    /// the tree created there.
+    fn open_dir(&self, relative: &Path) -> io::Result<OwnedFd> {
+        let mut dir = self.root.try_clone()?;
+        let mut walked = PathBuf::new();
+        for part in relative.components() {
+            let Component::Normal(part) = part else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a plain relative path",
+                ));
+            };
+            walked.push(part);
+            dir = open_dir_at(dir.as_raw_fd(), part)?;
+            let expected = self.identities.get(&walked).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "directory \"{}\" was not created by the restore",
+                        walked.display()
+                    ),
+                )
+            })?;
+            if identity_of_fd(dir.as_raw_fd())? != *expected {
+                return Err(io::Error::other(format!(
+                    "directory \"{}\" was replaced while the restore ran",
+                    walked.display()
+                )));
+            }
+        }
+        Ok(dir)
     }
 
     /// Creates `relative` (its parent must have been made first).
     pub fn make_dir(&mut self, relative: &Path) -> io::Result<()> {
-        if self.index.contains_key(relative) {
+        if self.identities.contains_key(relative) {
             return Ok(());
         }
-        normal_components(relative)?;
-        let parent = relative.parent().unwrap_or(Path::new(""));
-        let name = relative
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no directory name"))?;
-        let parent_index = self.dir_index(parent)?;
-        let parent_fd = self.dirs[parent_index].fd.as_raw_fd();
-        mkdir_at(parent_fd, name)?;
-        let fd = open_dir_at(parent_fd, name)?;
-        self.dirs.push(Dir {
-            fd,
-            created_in: Some((parent_index, c_name(name)?)),
-        });
-        self.index.insert(relative.to_owned(), self.dirs.len() - 1);
+        let (parent, name) = split_relative(relative)?;
+        let parent_fd = self.open_dir(parent)?;
+        mkdir_at(parent_fd.as_raw_fd(), name)?;
+        let fd = open_dir_at(parent_fd.as_raw_fd(), name)?;
+        let identity = identity_of_fd(fd.as_raw_fd())?;
+        self.dirs.push((relative.to_owned(), identity));
+        self.identities.insert(relative.to_owned(), identity);
         Ok(())
     }
 
     /// Creates the new file `relative` (mode 0600) for writing.
     pub fn create_file(&self, relative: &Path) -> io::Result<File> {
-        let (dir, name) = self.parent_of(relative)?;
+        let (parent, name) = split_relative(relative)?;
+        let dir = self.open_dir(parent)?;
         let fd = open_at(
-            self.dirs[dir].fd.as_raw_fd(),
+            dir.as_raw_fd(),
             name,
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
             0o600,
@@ -409,63 +470,51 @@ impl TargetTree {
         self.files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((dir, c_name(name)?));
+            .push(relative.to_owned());
         Ok(File::from(fd))
     }
 
     /// Opens the existing file `relative`, which the tree created, for
     /// reading and writing.
     pub fn open_created_file(&self, relative: &Path) -> io::Result<File> {
-        let (dir, name) = self.parent_of(relative)?;
-        let fd = open_at(self.dirs[dir].fd.as_raw_fd(), name, libc::O_RDWR, 0)?;
+        let (parent, name) = split_relative(relative)?;
+        let dir = self.open_dir(parent)?;
+        let fd = open_at(dir.as_raw_fd(), name, libc::O_RDWR, 0)?;
         Ok(File::from(fd))
     }
 
     /// A symbolic link `relative` pointing at `destination`.
     pub fn symlink(&self, destination: &Path, relative: &Path) -> io::Result<()> {
-        let (dir, name) = self.parent_of(relative)?;
+        let (parent, name) = split_relative(relative)?;
+        let dir = self.open_dir(parent)?;
         let c_destination = c_name(destination.as_os_str())?;
         let c = c_name(name)?;
         // SAFETY: valid C strings and descriptor.
-        check(unsafe {
-            libc::symlinkat(
-                c_destination.as_ptr(),
-                self.dirs[dir].fd.as_raw_fd(),
-                c.as_ptr(),
-            )
-        })?;
+        check(unsafe { libc::symlinkat(c_destination.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })?;
         self.files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((dir, c));
+            .push(relative.to_owned());
         Ok(())
     }
 
     /// Removes the file `relative`, which the tree created.
     pub fn remove_created_file(&self, relative: &Path) -> io::Result<()> {
-        let (dir, name) = self.parent_of(relative)?;
-        let c = c_name(name)?;
-        unlink_at(self.dirs[dir].fd.as_raw_fd(), name, 0)?;
+        let (parent, name) = split_relative(relative)?;
+        let dir = self.open_dir(parent)?;
+        unlink_at(dir.as_raw_fd(), name, 0)?;
         self.files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(d, n)| !(*d == dir && *n == c));
+            .retain(|file| file != relative);
         Ok(())
-    }
-
-    fn parent_of<'p>(&self, relative: &'p Path) -> io::Result<(usize, &'p OsStr)> {
-        normal_components(relative)?;
-        let parent = relative.parent().unwrap_or(Path::new(""));
-        let name = relative
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-        Ok((self.dir_index(parent)?, name))
     }
 
     /// fsyncs every directory of the tree and the one holding the root.
     pub fn sync_directories(&self) -> io::Result<()> {
-        for dir in &self.dirs {
-            File::from(dir.fd.try_clone()?).sync_all()?;
+        File::from(self.root.try_clone()?).sync_all()?;
+        for (dir, _) in &self.dirs {
+            File::from(self.open_dir(dir)?).sync_all()?;
         }
         if let Some(anchor) = &self.anchor {
             File::from(anchor.fd.try_clone()?).sync_all()?;
@@ -473,11 +522,11 @@ impl TargetTree {
         Ok(())
     }
 
-    /// Removes what the tree created, newest first, through the handles it
-    /// holds: files, directories (only if empty, so nothing someone else
-    /// put there is removed), the root if the tree created it and it is
-    /// still where it was, and the parents created for it. Best effort;
-    /// returns the first problem met.
+    /// Removes what the tree created, newest first, through handles
+    /// reached as every operation reaches them: files, directories (only
+    /// if empty, so nothing someone else put there is removed), the root if
+    /// the tree created it and it is still where it was, and the parents
+    /// created for it. Best effort; returns the first problem met.
     pub fn remove_created(self) -> io::Result<()> {
         let mut first_error: Option<io::Error> = None;
         let mut note = |result: io::Result<()>| {
@@ -487,22 +536,18 @@ impl TargetTree {
                 }
             }
         };
-        let files = self.files.into_inner().unwrap_or_else(|e| e.into_inner());
-        for (dir, name) in files.iter().rev() {
-            note(unlink_at(
-                self.dirs[*dir].fd.as_raw_fd(),
-                OsStr::from_bytes(name.as_bytes()),
-                0,
-            ));
+        let files = std::mem::take(&mut *self.files.lock().unwrap_or_else(|e| e.into_inner()));
+        for file in files.iter().rev() {
+            note(
+                split_relative(file).and_then(|(parent, name)| {
+                    unlink_at(self.open_dir(parent)?.as_raw_fd(), name, 0)
+                }),
+            );
         }
-        for dir in self.dirs.iter().skip(1).rev() {
-            if let Some((parent, name)) = &dir.created_in {
-                note(unlink_at(
-                    self.dirs[*parent].fd.as_raw_fd(),
-                    OsStr::from_bytes(name.as_bytes()),
-                    libc::AT_REMOVEDIR,
-                ));
-            }
+        for (dir, _) in self.dirs.iter().rev() {
+            note(split_relative(dir).and_then(|(parent, name)| {
+                unlink_at(self.open_dir(parent)?.as_raw_fd(), name, libc::AT_REMOVEDIR)
+            }));
         }
         if let Some(anchor) = &self.anchor {
             let name = OsStr::from_bytes(anchor.name.as_bytes());
@@ -524,4 +569,14 @@ impl TargetTree {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The parent (possibly "") and last name of a plain relative path.
+fn split_relative(relative: &Path) -> io::Result<(&Path, &OsStr)> {
+    normal_components(relative)?;
+    let parent = relative.parent().unwrap_or(Path::new(""));
+    let name = relative
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    Ok((parent, name))
 }

@@ -21,9 +21,10 @@ const INTERRUPTED: &str =
 /// A physical backup holds the repository lock while it runs, so under
 /// the lock a RUNNING one was cut off; a dump holds its own running lock.
 /// A cut-off backup's partial files are removed (they can be large and are
-/// never used), then its record is rewritten, so that space is freed first.
+/// never used), then its record is rewritten, so that space is freed first;
+/// the partial files of backups that failed otherwise (ERROR) go too.
 /// Staging directories and abandoned `.creating-*`/`.deleting-*` entries
-/// go too.
+/// go as well.
 pub fn mark_interrupted(
     repo: &Repository,
     _lock: &RepositoryLock,
@@ -35,7 +36,9 @@ pub fn mark_interrupted(
     let mut catalog = repo.list()?;
     for record in &mut catalog.records {
         if record.status != BackupStatus::Running {
-            if let Err(error) = repo.remove_leftovers(&record.backup_id, false) {
+            // A failed backup's partial files are never used either.
+            let partial = record.status == BackupStatus::Error;
+            if let Err(error) = repo.remove_leftovers(&record.backup_id, partial) {
                 warnings.push(format!("backup {}: {error}", record.backup_id));
             }
             continue;

@@ -111,20 +111,40 @@ fn the_only_full_backup_survives_keep_full_even_when_corrupt() {
     assert_eq!(ids(&plan), vec!["E"]);
 }
 
+/// The id a backup started `age_days` before NOW would have.
+fn id_at(age_days: i64, letter: char) -> String {
+    let seconds = (NOW - age_days * DAY) / 1_000_000;
+    let days = seconds / 86_400;
+    // Civil date of `days` since 1970-01-01, as the repository names ids.
+    let (y, m, d) = blockbackup_core::civil_time::civil_from_days(days);
+    let rem = seconds % 86_400;
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}{letter}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn damaged(id: &str) -> DamagedEntry {
+    DamagedEntry {
+        backup_id: id.to_owned(),
+        problem: "not valid JSON".to_owned(),
+    }
+}
+
 #[test]
 fn damaged_entries_and_what_depends_on_them_are_never_expired() {
     let mut records = history();
     records.push(backup("I9", Some("X"), 40, Done));
     records.push(backup("I10", Some("I9"), 39, Done));
+    // "X" is no id of ours: it could be anything, so everything stays.
     let with_damage = Catalog {
         records: records.clone(),
-        damaged: vec![DamagedEntry {
-            backup_id: "X".to_owned(),
-            problem: "not valid JSON".to_owned(),
-        }],
+        damaged: vec![damaged("X")],
     };
     let plan = expire_plan(&with_damage, Some(1), None, NOW);
-    assert_eq!(ids(&plan), vec!["I1b", "I1a", "E", "F1"]);
+    assert_eq!(ids(&plan), vec!["E"]);
     // Deleting the damaged entry itself is the user's call.
     let error = delete_plan(&with_damage, "X", false).unwrap_err();
     assert!(
@@ -135,6 +155,51 @@ fn damaged_entries_and_what_depends_on_them_are_never_expired() {
         delete_plan(&with_damage, "X", true).unwrap(),
         vec!["I10", "I9", "X"]
     );
+}
+
+#[test]
+fn what_a_damaged_incremental_may_be_built_on_stays() {
+    // A damaged incremental started 25 days ago: F1's chain (30..28 days)
+    // may be its ancestry, so neither retention nor a plain deletion
+    // removes it; a damaged full backup needs no ancestor.
+    let incremental = Catalog {
+        records: history(),
+        damaged: vec![damaged(&id_at(25, 'I'))],
+    };
+    let plan = expire_plan(&incremental, Some(1), None, NOW);
+    assert_eq!(ids(&plan), vec!["E"]);
+    let error = delete_plan(&incremental, "F1", true).unwrap_err();
+    let damaged_id = id_at(25, 'I');
+    assert!(
+        matches!(&error, RepositoryError::MayBeParentOfDamaged { damaged, .. } if *damaged == damaged_id),
+        "{error}"
+    );
+    // Newer backups than the damaged one cannot be its ancestors.
+    assert_eq!(
+        delete_plan(&incremental, "I2b", false).unwrap(),
+        vec!["I2b"]
+    );
+
+    let full = Catalog {
+        records: history(),
+        damaged: vec![damaged(&id_at(25, 'F'))],
+    };
+    let plan = expire_plan(&full, Some(1), None, NOW);
+    assert_eq!(ids(&plan), vec!["I1b", "I1a", "E", "F1"]);
+}
+
+#[test]
+fn the_newest_usable_full_backup_survives_keep_days() {
+    // F2's chain is CORRUPT (genuinely, say); F1 is the last restorable
+    // full backup and outside the window: it stays.
+    let mut records = history();
+    for record in &mut records {
+        if record.backup_id.ends_with('2') || record.backup_id.starts_with("I2") {
+            record.status = Corrupt;
+        }
+    }
+    let plan = expire_plan(&catalog(records), None, Some(1), NOW);
+    assert_eq!(ids(&plan), vec!["E"]);
 }
 
 #[test]

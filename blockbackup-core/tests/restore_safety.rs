@@ -293,3 +293,60 @@ fn destinations_the_rules_forbid_are_refused_before_writing() {
     assert!(matches!(error, RestoreError::Destination(_)), "{error}");
     assert!(!dir.path().join("ok").exists());
 }
+
+#[test]
+fn a_backup_without_postgresql_auto_conf_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = record("F", None, Compression::None, 0x100_0000);
+    let backups = vec![write_backup(
+        dir.path(),
+        full,
+        vec![
+            whole("PG_VERSION", b"15\n".to_vec()),
+            whole("global/pg_control", vec![7; 8192]),
+            wal("pg_wal/000000010000000000000001", vec![1; 4096]),
+        ],
+    )];
+    let target = dir.path().join("data");
+    restore(&chain(&backups), &options(&target), &mut continue_always).unwrap();
+    let conf = fs::read_to_string(target.join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains("restore_command = '/bin/false'"), "{conf}");
+}
+
+#[test]
+fn a_marker_that_is_a_link_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = big_backup(dir.path());
+    let secret = dir.path().join("secret");
+    fs::write(&secret, b"restore of backup X but really a password\n").unwrap();
+    let left = dir.path().join("left");
+    fs::create_dir(&left).unwrap();
+    std::os::unix::fs::symlink(&secret, left.join(MARKER)).unwrap();
+    let error = restore(&chain(&backups), &options(&left), &mut continue_always).unwrap_err();
+    assert!(
+        matches!(&error, RestoreError::InterruptedRestore { detail, .. } if !detail.contains("password")),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_tree_is_never_made_through_a_link_on_its_path() {
+    use blockbackup_core::safe_fs::TargetTree;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let elsewhere = root.join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, root.join("link")).unwrap();
+    // As if the path had been resolved before the link was put there.
+    for target in [root.join("link/new"), root.join("link/a/b")] {
+        assert!(TargetTree::create(&target).is_err(), "{target:?}");
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+    // Under a file: refused; and what a tree made, it removes.
+    fs::write(root.join("file"), b"x").unwrap();
+    assert!(TargetTree::create(&root.join("file/x")).is_err());
+    let made = TargetTree::create(&root.join("p/q/r")).unwrap();
+    assert!(root.join("p/q/r").is_dir());
+    made.remove_created().unwrap();
+    assert!(!root.join("p").exists());
+}

@@ -10,7 +10,7 @@ use std::ffi::CString;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use blockbackup_core::conf_file::{includes, Include};
+use blockbackup_core::conf_file;
 use blockbackup_core::reconstruct::{
     chain_members, restore, RestoreOptions, RestoreProgress, RestoreStats,
 };
@@ -31,10 +31,6 @@ pub struct RestoreRequest {
     /// `{"<old location or oid>": "<new directory>"}`.
     pub tablespace_mapping: Option<serde_json::Value>,
 }
-
-/// How deep configuration files may include each other (as PostgreSQL's
-/// CONF_FILE_MAX_DEPTH).
-const MAX_INCLUDE_DEPTH: usize = 10;
 
 pub fn restore_backup(request: RestoreRequest) -> RestoreStats {
     validate_backup_id(&request.backup_id).unwrap_or_else(|e| errors::repository(e));
@@ -130,11 +126,10 @@ fn destination_rules(repo: &Repository) -> DestinationRules {
 }
 
 /// The directories of every file the server reads settings, client
-/// authentication or TLS keys from: `config_file` and what it includes
-/// (`include`, `include_if_exists`, `include_dir`, followed as the server
-/// follows them), `hba_file`, `ident_file`, and the `ssl_*` files.
+/// authentication or TLS keys from: `config_file`, `hba_file` and
+/// `ident_file` with what they include (followed as the server follows
+/// them), and the `ssl_*` files.
 fn configuration_directories(data_dir: &Path) -> BTreeSet<PathBuf> {
-    let mut dirs = BTreeSet::new();
     let absolute = |value: String| {
         let path = PathBuf::from(value);
         if path.is_absolute() {
@@ -143,12 +138,13 @@ fn configuration_directories(data_dir: &Path) -> BTreeSet<PathBuf> {
             data_dir.join(path)
         }
     };
-    if let Some(config) = setting("config_file") {
-        follow_includes(&absolute(config), 0, &mut dirs);
-    }
+    let starts: Vec<PathBuf> = ["config_file", "hba_file", "ident_file"]
+        .into_iter()
+        .filter_map(setting)
+        .map(absolute)
+        .collect();
+    let mut dirs = conf_file::configuration_directories(&starts);
     for name in [
-        "hba_file",
-        "ident_file",
         "ssl_cert_file",
         "ssl_key_file",
         "ssl_ca_file",
@@ -164,36 +160,6 @@ fn configuration_directories(data_dir: &Path) -> BTreeSet<PathBuf> {
         dirs.insert(absolute(dir));
     }
     dirs
-}
-
-fn follow_includes(file: &Path, depth: usize, dirs: &mut BTreeSet<PathBuf>) {
-    let Some(dir) = file.parent() else {
-        return;
-    };
-    dirs.insert(dir.to_owned());
-    if depth >= MAX_INCLUDE_DEPTH {
-        return;
-    }
-    let Ok(text) = std::fs::read_to_string(file) else {
-        return;
-    };
-    for include in includes(&text, dir) {
-        match include {
-            Include::File(path) => follow_includes(&path, depth + 1, dirs),
-            Include::Directory(path) => {
-                dirs.insert(path.clone());
-                let Ok(entries) = std::fs::read_dir(&path) else {
-                    continue;
-                };
-                for entry in entries.flatten() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if name.ends_with(".conf") && !name.starts_with('.') {
-                        follow_includes(&entry.path(), depth + 1, dirs);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// A setting's value, whoever asks (these are superuser-only to show, but

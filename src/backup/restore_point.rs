@@ -97,6 +97,13 @@ pub fn create(name: &str, backup_id: Option<&str>) -> CreatedRestorePoint {
             "WAL segment {missing} was removed while it was being copied"
         ));
     }
+    // A restore reading this backup would find its WAL changed under it.
+    let _no_readers = repo
+        .lock_out_readers(&record.backup_id)
+        .unwrap_or_else(|e| {
+            let _ = std::fs::remove_dir_all(&staging);
+            errors::repository(e)
+        });
     install_segments(&repo, &record, &stored, &staging);
 
     let mut contents = repo

@@ -36,7 +36,7 @@ use super::server_backup;
 use super::wal_copy::WalCopy;
 use super::wal_hold::WalHold;
 use crate::server_paths::{self, data_directory};
-use crate::summary_store::{self, wait_until_summarized};
+use crate::summary_store::{self, wait_until_summarized_while};
 use crate::{errors, settings, shared_state, timeline};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,11 +83,19 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     let wal_hold = WalHold::reserve(start_lsn);
     let timeline = timeline::current_timeline();
 
+    // Until the copy starts (and with it the WAL copy that lets the slot
+    // move on), make sure the slot is not invalidated meanwhile.
+    let mut watch_wal = || {
+        if let Some(held) = wal_hold.at_risk() {
+            errors::backup_needs_more_wal(held);
+        }
+    };
     let changes = parent.as_ref().and_then(|(record, _)| {
         changes_since(
             record,
             start_lsn,
             request.mode == RequestedMode::Incremental,
+            &mut watch_wal,
         )
     });
     let (mode, parent) = match changes {
@@ -137,6 +145,9 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         .as_ref()
         .map(|(_, contents)| contents_paths(contents));
     let (tasks, control_file) = plan_copy(&repo, changes.as_ref(), parent_paths.as_ref());
+    if let Some(held) = wal_hold.at_risk() {
+        errors::backup_needs_more_wal(held);
+    }
     copier.run(tasks);
     // pg_control last, as pg_basebackup does: the backup_label, not
     // pg_control, tells recovery where to start.
@@ -155,7 +166,12 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     copier.run(label_files);
 
     progress.phase(Phase::CopyingWal);
-    copier.finish_wal(&history, stop.stop_lsn);
+    // The history as it is now: on a standby, the upstream may have been
+    // promoted while the backup ran.
+    copier.finish_wal(
+        &timeline::history_of(timeline::current_timeline()),
+        stop.stop_lsn,
+    );
     let _ = std::fs::remove_dir_all(&staging);
     let Copier {
         options: copy_options,
@@ -225,8 +241,14 @@ impl Drop for AbortOnError {
         if let Some((root, mut record)) = self.record.take() {
             record.status = BackupStatus::Error;
             record.end_time_us = Some(now_us());
-            record.error = Some("the backup failed or was cancelled; see the server log".into());
+            record.error = Some(
+                "the backup failed or was cancelled (see the server log); its partial files were removed"
+                    .into(),
+            );
             if let Ok(repo) = Repository::open(&root) {
+                // Space first: the failure may be a full disk. Best effort,
+                // as the next call that takes the lock removes them too.
+                let _ = repo.remove_leftovers(&record.backup_id, true);
                 let _ = repo.write_record(&record);
             }
         }
@@ -234,8 +256,14 @@ impl Drop for AbortOnError {
 }
 
 /// The blocks changed since the parent started, or None (a full backup)
-/// when summaries do not cover that range and `required` is false.
-fn changes_since(parent: &BackupRecord, start_lsn: Lsn, required: bool) -> Option<BlockMap> {
+/// when summaries do not cover that range and `required` is false;
+/// `tick` runs while it waits for the summarizer.
+fn changes_since(
+    parent: &BackupRecord,
+    start_lsn: Lsn,
+    required: bool,
+    tick: &mut dyn FnMut(),
+) -> Option<BlockMap> {
     if !settings::SUMMARIZE_WAL.get() {
         if required {
             errors::summarization_disabled();
@@ -243,7 +271,7 @@ fn changes_since(parent: &BackupRecord, start_lsn: Lsn, required: bool) -> Optio
         notice!("pg_blockbackup: WAL summarization is off; taking a full backup");
         return None;
     }
-    if let Err(reached) = wait_until_summarized(start_lsn, SUMMARY_WAIT) {
+    if let Err(reached) = wait_until_summarized_while(start_lsn, SUMMARY_WAIT, tick) {
         if required {
             errors::wait_timed_out(
                 start_lsn.to_string(),

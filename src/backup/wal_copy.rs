@@ -53,7 +53,7 @@ impl WalCopy {
         let mut tasks = Vec::new();
         let mut segment = self.next_segment;
         while (segment + 1) * self.segment_size <= finished.0 {
-            tasks.push(segment_task(self.timeline, segment, self.segment_size));
+            tasks.push(segment_task(self.timeline, segment, self.segment_size)?);
             segment += 1;
         }
         if tasks.is_empty() {
@@ -75,12 +75,12 @@ impl WalCopy {
         poll: &mut dyn FnMut() -> ControlFlow<()>,
     ) -> Result<(Vec<StoredFile>, CopyStats), CopyError> {
         check_timeline(history, self.timeline, stop);
-        let tasks: Vec<CopyTask> = (self.next_segment..=stop.0 / self.segment_size)
+        let tasks = (self.next_segment..=last_segment(self.timeline, stop, self.segment_size))
             .map(|segment| segment_task(self.timeline, segment, self.segment_size))
-            .collect();
+            .collect::<Result<Vec<CopyTask>, CopyError>>()?;
         let expected = tasks.len();
         let (files, stats) = copy_files(tasks, options, &mut |_| poll())?;
-        missing_segment_check(expected, &files);
+        missing_segment_check(expected, &files)?;
         self.add(files, stats);
         Ok((self.stored, self.stats))
     }
@@ -88,7 +88,7 @@ impl WalCopy {
     fn copy(&mut self, tasks: Vec<CopyTask>, options: &CopyOptions) -> Result<(), CopyError> {
         let expected = tasks.len();
         let (files, stats) = copy_files(tasks, options, &mut |_| ControlFlow::Continue(()))?;
-        missing_segment_check(expected, &files);
+        missing_segment_check(expected, &files)?;
         self.add(files, stats);
         Ok(())
     }
@@ -104,27 +104,44 @@ fn segment_size() -> u64 {
     unsafe { pg_sys::wal_segment_size as u64 }
 }
 
-/// How far WAL is complete on disk: flushed on a primary, replayed on a
-/// standby (whose receiver flushed it before replay).
+/// How far WAL is complete on disk: flushed on a primary; on a standby,
+/// as far as the receiver flushed it or replay got, whichever is further
+/// (WAL restored from an archive is replayed without being received).
 fn finished_position() -> Lsn {
     unsafe {
         if pg_sys::RecoveryInProgress() {
-            Lsn(pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut()))
+            let replayed = pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut());
+            let received = pg_sys::GetWalRcvFlushRecPtr(std::ptr::null_mut(), std::ptr::null_mut());
+            Lsn(replayed.max(received))
         } else {
             Lsn(pg_sys::GetFlushRecPtr(std::ptr::null_mut()))
         }
     }
 }
 
+/// The segment that holds the last byte of the WAL up to `stop`: the one
+/// of `stop` itself when it exists (on a primary, pg_backup_stop's switch
+/// record starts there), else the one before (a stop exactly at a segment
+/// boundary, as a standby's can be, needs nothing of the next segment).
+fn last_segment(timeline: u32, stop: Lsn, segment_size: u64) -> u64 {
+    let of_stop = stop.0 / segment_size;
+    if of_stop == 0 || segment_path(timeline, of_stop, segment_size).1.exists() {
+        of_stop
+    } else {
+        (stop.0 - 1) / segment_size
+    }
+}
+
 /// A copy that stored fewer segments than asked: one vanished from
 /// pg_wal, which the slot should have prevented.
-fn missing_segment_check(expected: usize, files: &[StoredFile]) {
-    if files.len() != expected {
-        errors::backup_failed(
-            "a WAL segment the backup needs was removed from pg_wal while it was being copied"
-                .into(),
-        );
+fn missing_segment_check(expected: usize, files: &[StoredFile]) -> Result<(), CopyError> {
+    if files.len() == expected {
+        return Ok(());
     }
+    Err(CopyError::Gone {
+        path: data_directory().join("pg_wal"),
+        why: "a WAL segment the backup needs was removed while it was being copied".into(),
+    })
 }
 
 fn check_timeline(history: &[TimelineSpan], timeline: u32, stop: Lsn) {
@@ -137,26 +154,33 @@ fn check_timeline(history: &[TimelineSpan], timeline: u32, stop: Lsn) {
     }
 }
 
-fn segment_task(timeline: u32, segment: u64, segment_size: u64) -> CopyTask {
+/// The name and the pg_wal path of a segment.
+fn segment_path(timeline: u32, segment: u64, segment_size: u64) -> (String, std::path::PathBuf) {
     let segments_per_id = 0x1_0000_0000u64 / segment_size;
     let name = format!(
         "{timeline:08X}{:08X}{:08X}",
         segment / segments_per_id,
         segment % segments_per_id
     );
-    let source = data_directory().join("pg_wal").join(&name);
+    let path = data_directory().join("pg_wal").join(&name);
+    (name, path)
+}
+
+fn segment_task(timeline: u32, segment: u64, segment_size: u64) -> Result<CopyTask, CopyError> {
+    let (name, source) = segment_path(timeline, segment, segment_size);
     if !source.exists() {
-        errors::backup_failed(format!(
-            "WAL segment {name} needed by the backup is missing from pg_wal"
-        ));
+        return Err(CopyError::Gone {
+            path: source,
+            why: format!("WAL segment {name}, which the backup needs, is missing from pg_wal"),
+        });
     }
-    CopyTask {
+    Ok(CopyTask {
         source,
         path: format!("pg_wal/{name}"),
         method: FileMethod::Whole,
         kind: StoredKind::Wal,
         mtime: 0,
-    }
+    })
 }
 
 /// The WAL segments from the one holding `start` to the one holding
@@ -166,5 +190,6 @@ pub fn wal_tasks(history: &[TimelineSpan], timeline: u32, start: Lsn, stop: Lsn)
     let segment_size = segment_size();
     (start.0 / segment_size..=stop.0 / segment_size)
         .map(|segment| segment_task(timeline, segment, segment_size))
-        .collect()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| errors::backup_copy(e))
 }
