@@ -53,6 +53,8 @@ def test_backups_under_max_slot_wal_keep_size():
         for bad in ("terminating connection due to administrator command",
                     "invalidating obsolete replication slot"):
             assert bad not in log, f"{bad!r} in the server log"
+        # The worker's start line says what wal_level = minimal needs.
+        assert "wal_level = minimal, set blockbackup.summarize_wal = off" in log
         for b in backups:
             assert bk.validate(c, b.backup_id)[b.backup_id].status == "OK"
 
