@@ -1,9 +1,9 @@
 //! Where the typed errors of the pure crate become `ereport`s with SQLSTATEs.
 
-use blockbackup_core::copy_pipeline::CopyError;
-use blockbackup_core::dump_request::DumpRequestError;
-use blockbackup_core::reconstruct::RestoreError;
+use blockbackup_core::backup::copy::CopyError;
+use blockbackup_core::dump::request::DumpRequestError;
 use blockbackup_core::repository::RepositoryError;
+use blockbackup_core::restore::RestoreError;
 use blockbackup_core::{CoverageError, SummaryDirError};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -123,7 +123,7 @@ pub fn coverage(error: CoverageError) -> ! {
     )
 }
 
-pub fn summary_store(error: SummaryDirError) -> ! {
+pub fn summary_access(error: SummaryDirError) -> ! {
     let code = match &error {
         SummaryDirError::Io { .. } => PgSqlErrorCode::ERRCODE_IO_ERROR,
         _ => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
@@ -288,7 +288,7 @@ pub fn repository(error: RepositoryError) -> ! {
 }
 
 pub fn restore(error: RestoreError) -> ! {
-    use blockbackup_core::restore_target::DestinationError as D;
+    use blockbackup_core::restore::target::DestinationError as D;
     use RestoreError as E;
     let (code, hint) = match &error {
         E::Destination(D::OutsideConfinement { .. }) => (

@@ -16,10 +16,11 @@ mod replication_slot;
 mod server_paths;
 mod server_tests;
 mod settings;
+mod shared_condition;
 mod shared_state;
 mod sql_types;
 mod summarizer;
-mod summary_store;
+mod summary_access;
 mod timeline;
 
 #[cfg(test)]

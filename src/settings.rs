@@ -2,7 +2,7 @@
 
 use std::ffi::CString;
 
-use blockbackup_core::catalog::Compression;
+use blockbackup_core::repository::catalog::Compression;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 
 /// Summarize WAL in the background worker; off stops the worker's reading

@@ -14,6 +14,7 @@ use pgrx::prelude::*;
 use crate::agent::agent_table::DumpAgentTable;
 use crate::backup::progress::BackupProgressTable;
 use crate::errors::not_preloaded;
+use crate::shared_condition::SharedCondition;
 
 #[repr(C)]
 struct SharedState {
@@ -37,40 +38,6 @@ pub struct SummarizerShared {
     /// as soon as it has read that far instead of waiting for a checkpoint.
     pub flush_request_lsn: AtomicU64,
     summary_written: SharedCondition,
-}
-
-/// A condition variable in shared memory: waiters sleep on it (with a
-/// timeout, since a wake-up can be missed between check and sleep) until
-/// someone broadcasts.
-#[repr(C)]
-pub struct SharedCondition(std::cell::UnsafeCell<pg_sys::ConditionVariable>);
-
-impl SharedCondition {
-    /// Shared memory starts zeroed; this finishes the setup.
-    pub unsafe fn init(this: *mut SharedCondition) {
-        unsafe { pg_sys::ConditionVariableInit((*this).0.get()) };
-    }
-
-    pub fn broadcast(&self) {
-        unsafe { pg_sys::ConditionVariableBroadcast(self.0.get()) };
-    }
-
-    /// Sleeps until a broadcast or `timeout_ms` passes; raises on a cancel
-    /// or terminate request of this backend.
-    pub fn sleep(&self, timeout_ms: i64) {
-        unsafe {
-            pg_sys::ConditionVariableTimedSleep(
-                self.0.get(),
-                timeout_ms as std::ffi::c_long,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-        }
-    }
-
-    /// Ends the sleeping that `sleep` began (call once the wait is over).
-    pub fn stop_sleeping(&self) {
-        unsafe { pg_sys::ConditionVariableCancelSleep() };
-    }
 }
 
 static mut SHARED: *mut SharedState = std::ptr::null_mut();

@@ -16,12 +16,12 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use blockbackup_core::catalog::BackupStatus;
-use blockbackup_core::conf_file::configuration_directories;
-use blockbackup_core::reconstruct::{chain_members, restore, RestoreOptions};
+use blockbackup_core::repository::catalog::BackupStatus;
+use blockbackup_core::repository::upkeep;
 use blockbackup_core::repository::{validate_backup_id, Repository};
-use blockbackup_core::restore_target::{DestinationRules, ForbiddenPlace};
-use blockbackup_core::upkeep;
+use blockbackup_core::restore::conf_file::configuration_directories;
+use blockbackup_core::restore::target::{DestinationRules, ForbiddenPlace};
+use blockbackup_core::restore::{chain_members, restore, RestoreOptions};
 use blockbackup_core::Lsn;
 
 const USAGE: &str = "usage:

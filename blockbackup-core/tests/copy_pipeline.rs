@@ -7,10 +7,10 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use blockbackup_core::backup_plan::FileMethod;
-use blockbackup_core::catalog::{Compression, StoredKind};
-use blockbackup_core::copy_pipeline::{copy_files, CopyError, CopyOptions, CopyProgress, CopyTask};
-use blockbackup_core::incremental_file::IncrementalHeader;
+use blockbackup_core::backup::copy::{copy_files, CopyError, CopyOptions, CopyProgress, CopyTask};
+use blockbackup_core::backup::incremental_file::IncrementalHeader;
+use blockbackup_core::backup::plan::FileMethod;
+use blockbackup_core::repository::catalog::{Compression, StoredKind};
 
 const BLOCK: usize = 8192;
 
@@ -315,15 +315,15 @@ fn checked_page(block: u32, lsn: u64, fill: u8) -> Vec<u8> {
     page[0..4].copy_from_slice(&((lsn >> 32) as u32).to_le_bytes());
     page[4..8].copy_from_slice(&(lsn as u32).to_le_bytes());
     page[14..16].copy_from_slice(&8000u16.to_le_bytes());
-    let checksum = blockbackup_core::page_checksum::page_checksum(&page, block);
+    let checksum = blockbackup_core::backup::page_checksum::page_checksum(&page, block);
     page[8..10].copy_from_slice(&checksum.to_le_bytes());
     page
 }
 
 #[test]
 fn page_checksums_are_checked_as_pages_are_read() {
-    use blockbackup_core::copy_pipeline::PageChecks;
-    use blockbackup_core::page_checksum::PageChecksumFailure;
+    use blockbackup_core::backup::copy::PageChecks;
+    use blockbackup_core::backup::page_checksum::PageChecksumFailure;
     use blockbackup_core::Lsn;
     let scratch = tempfile::tempdir().unwrap();
     let source = scratch.path().join("source");

@@ -1,7 +1,7 @@
 //! Incremental file headers round-trip, and damaged or hostile headers are
 //! rejected without panicking or allocating from a lying count.
 
-use blockbackup_core::incremental_file::{
+use blockbackup_core::backup::incremental_file::{
     incremental_path, read_incremental_header, restored_path, IncrementalError, IncrementalHeader,
 };
 use proptest::prelude::*;

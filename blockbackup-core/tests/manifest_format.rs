@@ -1,7 +1,7 @@
 //! The manifest writer and reader agree on any content, and the reader
 //! notices tampering and refuses what it cannot represent.
 
-use blockbackup_core::backup_manifest::{
+use blockbackup_core::backup::manifest::{
     parse_manifest, render_manifest, ManifestError, ManifestFile, WalRange,
 };
 use blockbackup_core::Lsn;

@@ -7,7 +7,7 @@ mod manifest_pg_cluster;
 use std::fs;
 use std::time::UNIX_EPOCH;
 
-use blockbackup_core::backup_manifest::{parse_manifest, render_manifest};
+use blockbackup_core::backup::manifest::{parse_manifest, render_manifest};
 use manifest_pg_cluster::{unavailable, verifybackup, Cluster};
 
 #[test]

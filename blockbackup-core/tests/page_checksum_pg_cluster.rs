@@ -7,7 +7,7 @@ mod manifest_pg_cluster;
 use std::fs;
 use std::path::Path;
 
-use blockbackup_core::page_checksum::{check_page, relation_segment, PageCheck};
+use blockbackup_core::backup::page_checksum::{check_page, relation_segment, PageCheck};
 use blockbackup_core::Lsn;
 use manifest_pg_cluster::{pg_command, unavailable, Cluster};
 

@@ -7,9 +7,9 @@
 
 use std::path::PathBuf;
 
-use blockbackup_core::backup_plan::{choose_method, FileClass, FileMethod, SourceFile};
-use blockbackup_core::block_map::BlockMap;
+use blockbackup_core::backup::plan::{choose_method, FileClass, FileMethod, SourceFile};
 use blockbackup_core::relfork::{ForkNumber, RelFork};
+use blockbackup_core::summary::block_map::BlockMap;
 use proptest::prelude::*;
 
 const BLOCK: u32 = 8192;

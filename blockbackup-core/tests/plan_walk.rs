@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use blockbackup_core::backup_plan::{walk_data_directory, FileClass};
+use blockbackup_core::backup::plan::{walk_data_directory, FileClass};
 use blockbackup_core::relfork::{ForkNumber, RelFork};
 
 const VERSION_DIR: &str = "PG_15_202209061";

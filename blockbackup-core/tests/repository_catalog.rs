@@ -8,10 +8,10 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use blockbackup_core::catalog::{
+use blockbackup_core::lsn::Lsn;
+use blockbackup_core::repository::catalog::{
     BackupContents, BackupMode, BackupRecord, BackupStatus, Compression, StoredFile, StoredKind,
 };
-use blockbackup_core::lsn::Lsn;
 use blockbackup_core::repository::{Repository, RepositoryError};
 use fixtures::cluster;
 

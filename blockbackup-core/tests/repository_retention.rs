@@ -3,8 +3,8 @@
 
 mod fixtures;
 
-use blockbackup_core::catalog::{BackupMode, BackupRecord, BackupStatus, DumpDetails};
 use blockbackup_core::lsn::Lsn;
+use blockbackup_core::repository::catalog::{BackupMode, BackupRecord, BackupStatus, DumpDetails};
 use blockbackup_core::repository::{
     delete_plan, expire_plan, Catalog, DamagedEntry, ExpireAction, RepositoryError,
 };

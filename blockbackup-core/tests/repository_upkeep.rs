@@ -8,12 +8,12 @@ mod fixtures;
 
 use std::fs;
 
-use blockbackup_core::catalog::{
+use blockbackup_core::lsn::Lsn;
+use blockbackup_core::repository::catalog::{
     BackupContents, BackupMode, BackupRecord, BackupStatus, StoredFile, StoredKind,
 };
-use blockbackup_core::lsn::Lsn;
+use blockbackup_core::repository::upkeep::{delete, expire, mark_interrupted, validate};
 use blockbackup_core::repository::{Repository, RepositoryError};
-use blockbackup_core::upkeep::{delete, expire, mark_interrupted, validate};
 use fixtures::cluster;
 
 const SYSTEM: u64 = 7_301_234_567_890_123_456;

@@ -9,9 +9,9 @@ use std::ops::ControlFlow;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use blockbackup_core::backup_manifest::parse_manifest;
-use blockbackup_core::catalog::{Compression, RestorePoint, TablespaceEntry};
-use blockbackup_core::reconstruct::{
+use blockbackup_core::backup::manifest::parse_manifest;
+use blockbackup_core::repository::catalog::{Compression, RestorePoint, TablespaceEntry};
+use blockbackup_core::restore::{
     restore, RestoreError, RestoreOptions, RestoreProgress, RestoreStats,
 };
 use blockbackup_core::Lsn;

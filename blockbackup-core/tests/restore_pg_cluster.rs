@@ -12,12 +12,12 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
-use blockbackup_core::backup_manifest::parse_manifest;
-use blockbackup_core::catalog::{
+use blockbackup_core::backup::incremental_file::{incremental_path, IncrementalHeader};
+use blockbackup_core::backup::manifest::parse_manifest;
+use blockbackup_core::repository::catalog::{
     BackupContents, BackupRecord, Compression, StoredFile, StoredKind, TablespaceEntry,
 };
-use blockbackup_core::incremental_file::{incremental_path, IncrementalHeader};
-use blockbackup_core::reconstruct::{restore, RestoreOptions};
+use blockbackup_core::restore::{restore, RestoreOptions};
 use blockbackup_core::Lsn;
 use manifest_pg_cluster::{give_to_postgres, postgres_tempdir, unavailable, verifybackup, Cluster};
 use restore_support::{chain, record, Backup};

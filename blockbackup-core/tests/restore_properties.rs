@@ -7,8 +7,8 @@ mod restore_support;
 
 use std::collections::BTreeSet;
 
-use blockbackup_core::catalog::Compression;
-use blockbackup_core::reconstruct::reconstruct_file;
+use blockbackup_core::repository::catalog::Compression;
+use blockbackup_core::restore::reconstruct_file;
 use proptest::prelude::*;
 use restore_support::*;
 

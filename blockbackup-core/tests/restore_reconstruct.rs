@@ -5,8 +5,8 @@ mod restore_support;
 
 use std::fs;
 
-use blockbackup_core::catalog::Compression;
-use blockbackup_core::reconstruct::{reconstruct_file, RestoreError};
+use blockbackup_core::repository::catalog::Compression;
+use blockbackup_core::restore::{reconstruct_file, RestoreError};
 use restore_support::*;
 
 const REL: &str = "base/5/16384";

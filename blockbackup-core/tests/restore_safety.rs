@@ -10,10 +10,10 @@ use std::fs;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use blockbackup_core::catalog::{Compression, RestorePoint};
-use blockbackup_core::reconstruct::{restore, RestoreError, RestoreOptions, RestoreProgress};
-use blockbackup_core::restore_run::MARKER;
-use blockbackup_core::restore_target::{DestinationError, DestinationRules, ForbiddenPlace};
+use blockbackup_core::repository::catalog::{Compression, RestorePoint};
+use blockbackup_core::restore::target::{DestinationError, DestinationRules, ForbiddenPlace};
+use blockbackup_core::restore::MARKER;
+use blockbackup_core::restore::{restore, RestoreError, RestoreOptions, RestoreProgress};
 use blockbackup_core::Lsn;
 use restore_support::*;
 

@@ -16,12 +16,12 @@ use pgrx::pg_sys;
 
 pub use blockbackup_core::civil_time::unix_now_us as now_us;
 
-use crate::shared_state::SharedCondition;
+use crate::shared_condition::SharedCondition;
 
 pub const AGENT_SLOTS: usize = 16;
 const TEXT_BYTES: usize = 1024;
 const NAME_BYTES: usize = 64;
-const OPTIONS_BYTES: usize = blockbackup_core::dump_request::MAX_EXTRA_ARGS_BYTES + 64;
+const OPTIONS_BYTES: usize = blockbackup_core::dump::request::MAX_EXTRA_ARGS_BYTES + 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]

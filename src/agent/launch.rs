@@ -5,7 +5,7 @@ use std::ffi::CStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use blockbackup_core::dump_request::DumpRequest;
+use blockbackup_core::dump::request::DumpRequest;
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;

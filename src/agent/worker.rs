@@ -13,12 +13,12 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use blockbackup_core::catalog::{
-    BackupContents, BackupMode, BackupRecord, BackupStatus, DumpDetails,
-};
-use blockbackup_core::dump_process::{checksum_output, log_tail, DumpExit, DumpProcess};
-use blockbackup_core::dump_request::{
+use blockbackup_core::dump::process::{checksum_output, log_tail, DumpExit, DumpProcess};
+use blockbackup_core::dump::request::{
     pg_dump_arguments, ConnectionTarget, DumpFormat, DumpRequest,
+};
+use blockbackup_core::repository::catalog::{
+    BackupContents, BackupMode, BackupRecord, BackupStatus, DumpDetails,
 };
 use blockbackup_core::repository::{Repository, RunningLock};
 use blockbackup_core::Lsn;
@@ -27,7 +27,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::agent_table::{now_us, AgentSlot, AgentState, DumpAgentTable};
-use crate::backup::server_backup;
+use crate::backup::pg_backup_functions;
 use crate::{shared_state, timeline};
 
 /// How long pg_dump gets to leave after SIGTERM before SIGKILL.
@@ -144,13 +144,13 @@ impl Agent {
         let format = DumpFormat::parse(&slot.format()).map_err(|e| e.to_string())?;
         let repo = Repository::open_or_create(
             Path::new(&slot.repository()),
-            server_backup::system_identifier(),
+            pg_backup_functions::system_identifier(),
         )
         .map_err(|e| e.to_string())?;
         let database = slot.database();
         let mut record = BackupRecord::begin(
             BackupMode::Dump,
-            server_backup::cluster_facts(timeline::current_timeline()),
+            pg_backup_functions::cluster_facts(timeline::current_timeline()),
             current_lsn(),
             now_us(),
         );

@@ -3,15 +3,15 @@
 
 use std::time::Instant;
 
-use blockbackup_core::catalog::Compression;
+use blockbackup_core::repository::catalog::Compression;
+use blockbackup_core::repository::upkeep;
 use blockbackup_core::repository::validate_backup_id;
-use blockbackup_core::upkeep;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
 use crate::backup::restore::{restore_backup as restore, RestoreRequest};
 use crate::backup::take::{take_backup as take, RequestedMode, TakeRequest};
-use crate::backup::{repository_access, restore_point, session};
+use crate::backup::{repository_access, restore_point, session_backup};
 use crate::errors::required;
 use crate::sql_types::PgLsn;
 use crate::{errors, settings, shared_state};
@@ -74,7 +74,7 @@ fn take_backup(
         ),
     };
     if let Some(label) = &label {
-        session::check_label(label);
+        session_backup::check_label(label);
     }
     let compression = match compress {
         Some(text) => parse_compression(&text),
@@ -353,8 +353,8 @@ fn backup_start(
 > {
     let label = required(label, "label");
     let fast = required(fast, "fast");
-    session::check_label(&label);
-    let started = session::start(&label, fast);
+    session_backup::check_label(&label);
+    let started = session_backup::start(&label, fast);
     TableIterator::once((
         started.backup_id,
         PgLsn(started.start_lsn),
@@ -374,7 +374,7 @@ fn backup_stop() -> TableIterator<
         name!(spcmapfile, String),
     ),
 > {
-    let stopped = session::stop();
+    let stopped = session_backup::stop();
     TableIterator::once((
         stopped.backup_id,
         PgLsn(stopped.stop.stop_lsn),

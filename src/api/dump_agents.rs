@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use blockbackup_core::dump_request::DumpRequest;
+use blockbackup_core::dump::request::DumpRequest;
 use pgrx::prelude::*;
 
 use crate::agent::agent_table::AgentSlot;

@@ -10,7 +10,7 @@ use pgrx::prelude::*;
 
 use crate::errors::required;
 use crate::sql_types::{PgLsn, ZeroableOid};
-use crate::{errors, server_paths, settings, shared_state, summarizer, summary_store};
+use crate::{errors, server_paths, settings, shared_state, summarizer, summary_access};
 
 #[pg_extern(volatile, parallel_safe)]
 fn summarizer_status() -> TableIterator<
@@ -47,7 +47,7 @@ fn summaries() -> TableIterator<
     ),
 > {
     shared_state::ensure_preloaded();
-    let rows: Vec<_> = summary_store::list()
+    let rows: Vec<_> = summary_access::list()
         .into_iter()
         .map(|entry| {
             // A damaged file is listed (with unknown counts) so that the
@@ -159,7 +159,7 @@ fn wait_for_summary(lsn: Option<PgLsn>, timeout_ms: default!(Option<i32>, 60000)
         );
     }
     flush_or_refuse_future_lsn(lsn.0);
-    match summary_store::wait_until_summarized(lsn.0, Duration::from_millis(timeout_ms as u64)) {
+    match summary_access::wait_until_summarized(lsn.0, Duration::from_millis(timeout_ms as u64)) {
         Ok(summarized) => PgLsn(summarized),
         Err(summarized) => {
             errors::wait_timed_out(lsn.0.to_string(), summarized.to_string(), timeout_ms)
@@ -171,7 +171,7 @@ fn changes_for(start_lsn: Option<PgLsn>, end_lsn: Option<PgLsn>) -> BlockMap {
     shared_state::ensure_preloaded();
     let start_lsn = required(start_lsn, "start_lsn");
     let end_lsn = required(end_lsn, "end_lsn");
-    summary_store::changes_between(start_lsn.0, end_lsn.0)
+    summary_access::changes_between(start_lsn.0, end_lsn.0)
 }
 
 /// On a primary, WAL past the insert position does not exist yet: waiting

@@ -7,12 +7,12 @@
 //! pipeline, catalog, reconstruction); this module decides, talks to the
 //! server (backup start/stop, WAL, summaries) and reports progress.
 
+pub mod pg_backup_functions;
 pub mod progress;
 pub mod repository_access;
 pub mod restore;
 pub mod restore_point;
-pub mod server_backup;
-pub mod session;
+pub mod session_backup;
 pub mod take;
 mod wal_copy;
 mod wal_hold;

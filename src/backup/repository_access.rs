@@ -5,13 +5,14 @@
 
 use std::path::PathBuf;
 
-use blockbackup_core::catalog::{BackupMode, BackupRecord};
+use blockbackup_core::repository::catalog::{BackupMode, BackupRecord};
+use blockbackup_core::repository::upkeep;
 use blockbackup_core::repository::{Catalog, Repository, RepositoryLock};
-use blockbackup_core::restore_target::{overlapping, resolved};
-use blockbackup_core::{upkeep, TimelineSpan};
+use blockbackup_core::restore::target::{overlapping, resolved};
+use blockbackup_core::TimelineSpan;
 use pgrx::warning;
 
-use super::server_backup;
+use super::pg_backup_functions;
 use crate::server_paths::data_directory;
 use crate::{errors, settings};
 
@@ -45,7 +46,7 @@ pub fn repository_root() -> PathBuf {
 
 /// Opens the repository, creating it on first use for this cluster.
 pub fn open_for_writing() -> Repository {
-    Repository::open_or_create(&repository_root(), server_backup::system_identifier())
+    Repository::open_or_create(&repository_root(), pg_backup_functions::system_identifier())
         .unwrap_or_else(|e| errors::repository(e))
 }
 
@@ -75,7 +76,7 @@ pub fn catalog_marking_interrupted(repo: &Repository) -> Catalog {
 /// The newest backup an incremental can build on: usable, of this
 /// cluster, and started on a timeline of the server's current history.
 pub fn newest_usable_parent(repo: &Repository, history: &[TimelineSpan]) -> Option<BackupRecord> {
-    let system_identifier = server_backup::system_identifier();
+    let system_identifier = pg_backup_functions::system_identifier();
     let catalog = repo.list().unwrap_or_else(|e| errors::repository(e));
     catalog.records.into_iter().rev().find(|r| {
         r.status.is_usable()

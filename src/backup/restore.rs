@@ -10,12 +10,12 @@ use std::ffi::CString;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use blockbackup_core::conf_file;
-use blockbackup_core::reconstruct::{
+use blockbackup_core::repository::{validate_backup_id, Repository};
+use blockbackup_core::restore::conf_file;
+use blockbackup_core::restore::target::{resolved, DestinationRules, ForbiddenPlace};
+use blockbackup_core::restore::{
     chain_members, restore, RestoreOptions, RestoreProgress, RestoreStats,
 };
-use blockbackup_core::repository::{validate_backup_id, Repository};
-use blockbackup_core::restore_target::{resolved, DestinationRules, ForbiddenPlace};
 use blockbackup_core::Lsn;
 use pgrx::pg_sys;
 

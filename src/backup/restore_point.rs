@@ -15,11 +15,11 @@
 
 use std::ops::ControlFlow;
 
-use blockbackup_core::catalog::{
+use blockbackup_core::backup::copy::{copy_files, CopyOptions};
+use blockbackup_core::civil_time::unix_now_us as now_us;
+use blockbackup_core::repository::catalog::{
     BackupMode, BackupRecord, RestorePoint, MAX_RESTORE_POINT_NAME_BYTES,
 };
-use blockbackup_core::civil_time::unix_now_us as now_us;
-use blockbackup_core::copy_pipeline::{copy_files, CopyOptions};
 use blockbackup_core::repository::{validate_backup_id, Repository};
 use blockbackup_core::Lsn;
 use pgrx::datum::DatumWithOid;
@@ -178,7 +178,7 @@ fn check_backup(record: &BackupRecord, tli: u32, name: &str) {
 /// point needs to stop there) and completes the segment, as
 /// pg_backup_stop does.
 fn create_server_restore_point(name: &str) -> (Lsn, Lsn) {
-    super::server_backup::require_execute(
+    super::pg_backup_functions::require_execute(
         "pg_catalog.pg_create_restore_point(text)",
         "create a restore point",
     );
@@ -202,12 +202,12 @@ fn create_server_restore_point(name: &str) -> (Lsn, Lsn) {
 fn install_segments(
     repo: &Repository,
     record: &BackupRecord,
-    stored: &[blockbackup_core::catalog::StoredFile],
+    stored: &[blockbackup_core::repository::catalog::StoredFile],
     staging: &std::path::Path,
 ) {
     let suffix = match record.compression {
-        blockbackup_core::catalog::Compression::Gzip => ".gz",
-        blockbackup_core::catalog::Compression::None => "",
+        blockbackup_core::repository::catalog::Compression::Gzip => ".gz",
+        blockbackup_core::repository::catalog::Compression::None => "",
     };
     let wal_dir = repo.data_dir(&record.backup_id).join("pg_wal");
     for file in stored {

@@ -13,30 +13,30 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use blockbackup_core::backup_manifest::{render_manifest, ManifestFile, WalRange};
-use blockbackup_core::backup_plan::{choose_method, walk_data_directory, FileMethod, SourceFile};
-use blockbackup_core::catalog::{
+use blockbackup_core::backup::copy::{
+    copy_files, CopyOptions, CopyProgress, CopyStats, CopyTask, PageChecks,
+};
+use blockbackup_core::backup::incremental_file::restored_path;
+use blockbackup_core::backup::manifest::{render_manifest, ManifestFile, WalRange};
+use blockbackup_core::backup::page_checksum::PageChecksumFailure;
+use blockbackup_core::backup::plan::{choose_method, walk_data_directory, FileMethod, SourceFile};
+use blockbackup_core::civil_time::unix_now_us as now_us;
+use blockbackup_core::repository::catalog::{
     BackupContents, BackupMode, BackupRecord, BackupStatus, Compression, StoredFile, StoredKind,
     TablespaceEntry,
 };
-use blockbackup_core::civil_time::unix_now_us as now_us;
-use blockbackup_core::copy_pipeline::{
-    copy_files, CopyOptions, CopyProgress, CopyStats, CopyTask, PageChecks,
-};
-use blockbackup_core::incremental_file::restored_path;
-use blockbackup_core::page_checksum::PageChecksumFailure;
 use blockbackup_core::repository::Repository;
 use blockbackup_core::{write_file_durably, BlockMap, Lsn, TimelineSpan};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use super::pg_backup_functions;
 use super::progress::{Phase, ProgressReporter};
 use super::repository_access;
-use super::server_backup;
 use super::wal_copy::WalCopy;
 use super::wal_hold::WalHold;
 use crate::server_paths::{self, data_directory};
-use crate::summary_store::{self, wait_until_summarized_while};
+use crate::summary_access::{self, wait_until_summarized_while};
 use crate::{errors, settings, shared_state, timeline};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +78,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         .label
         .clone()
         .unwrap_or_else(|| "pg_blockbackup".to_string());
-    let start_lsn = server_backup::start(&label, true);
+    let start_lsn = pg_backup_functions::start(&label, true);
     let mut guard = AbortOnError::new();
     let wal_hold = WalHold::reserve(start_lsn);
     let timeline = timeline::current_timeline();
@@ -104,7 +104,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     };
     let mut record = BackupRecord::begin(
         mode,
-        server_backup::cluster_facts(timeline),
+        pg_backup_functions::cluster_facts(timeline),
         start_lsn,
         start_time_us,
     );
@@ -154,7 +154,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     copier.run(control_file);
 
     progress.phase(Phase::Stopping);
-    let stop = server_backup::stop(false);
+    let stop = pg_backup_functions::stop(false);
     guard.backup_stopped = true;
     record.stop_lsn = Some(stop.stop_lsn);
     record.tablespaces = parse_tablespace_map(&stop.spcmapfile);
@@ -189,7 +189,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         start_lsn,
         stop.stop_lsn,
     );
-    let (recovery_xid, recovery_time_us) = server_backup::recovery_point();
+    let (recovery_xid, recovery_time_us) = pg_backup_functions::recovery_point();
     record.recovery_xid = recovery_xid;
     record.recovery_time_us = recovery_time_us;
     record.files = stored.len() as u64;
@@ -236,7 +236,7 @@ impl Drop for AbortOnError {
         if !self.backup_stopped {
             // Only flips the session's backup state under WAL insert locks;
             // safe while the error unwinds.
-            server_backup::abort();
+            pg_backup_functions::abort();
         }
         if let Some((root, mut record)) = self.record.take() {
             record.status = BackupStatus::Error;
@@ -282,7 +282,7 @@ fn changes_since(
         notice!("pg_blockbackup: WAL is summarized only up to {reached}; taking a full backup");
         return None;
     }
-    match summary_store::try_changes_between(parent.start_lsn, start_lsn) {
+    match summary_access::try_changes_between(parent.start_lsn, start_lsn) {
         Ok(changes) => Some(changes),
         Err(e) if required => errors::incremental_impossible(&parent.backup_id, &e.to_string()),
         Err(e) => {

@@ -10,9 +10,9 @@
 
 use std::ops::ControlFlow;
 
-use blockbackup_core::backup_plan::FileMethod;
-use blockbackup_core::catalog::{StoredFile, StoredKind};
-use blockbackup_core::copy_pipeline::{copy_files, CopyError, CopyOptions, CopyStats, CopyTask};
+use blockbackup_core::backup::copy::{copy_files, CopyError, CopyOptions, CopyStats, CopyTask};
+use blockbackup_core::backup::plan::FileMethod;
+use blockbackup_core::repository::catalog::{StoredFile, StoredKind};
 use blockbackup_core::{Lsn, TimelineSpan};
 use pgrx::pg_sys;
 

@@ -16,7 +16,7 @@ use super::record_summary::{ends_summary_before, summarize_record, Boundary};
 use super::wal_reader::{NextRecord, WalReader};
 use super::{handle_interrupts, slot, start_point, wait_for_event};
 use crate::shared_state::{self, SummarizerShared};
-use crate::summary_store::summaries_dir;
+use crate::summary_access::summaries_dir;
 use crate::{errors, replication_slot, settings, timeline};
 
 /// Idle naps grow from the first to the last while no WAL arrives; a
@@ -214,7 +214,7 @@ impl Summarizer {
         let name = SummaryName::from(header);
         let bytes = encode_summary(&header, &self.map);
         write_file_durably(&self.dir, &name.file_name(), &bytes)
-            .unwrap_or_else(|e| errors::summary_store(e));
+            .unwrap_or_else(|e| errors::summary_access(e));
         self.begin_next(end);
     }
 

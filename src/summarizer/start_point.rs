@@ -38,8 +38,8 @@ pub fn decide(dir: &Path) -> Lsn {
 }
 
 fn last_covered_end(dir: &Path) -> Option<Lsn> {
-    let summaries = list_summaries(dir).unwrap_or_else(|e| errors::summary_store(e));
-    let gaps = list_gaps(dir).unwrap_or_else(|e| errors::summary_store(e));
+    let summaries = list_summaries(dir).unwrap_or_else(|e| errors::summary_access(e));
+    let gaps = list_gaps(dir).unwrap_or_else(|e| errors::summary_access(e));
     let summary_ends = summaries.iter().map(|s| s.name.end_lsn);
     summary_ends.chain(gaps.iter().map(|g| g.end_lsn)).max()
 }
@@ -62,7 +62,7 @@ fn record_gap(dir: &Path, from: Lsn, to: Lsn) {
 
 pub fn write_gap(dir: &Path, gap: &GapRecord) {
     write_file_durably(dir, &gap.file_name(), gap.file_contents().as_bytes())
-        .unwrap_or_else(|e| errors::summary_store(e));
+        .unwrap_or_else(|e| errors::summary_access(e));
 }
 
 pub fn timeline_of(lsn: Lsn, history: &[TimelineSpan]) -> u32 {

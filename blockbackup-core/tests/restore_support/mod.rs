@@ -8,12 +8,12 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use blockbackup_core::catalog::{
+use blockbackup_core::backup::incremental_file::{incremental_path, IncrementalHeader};
+use blockbackup_core::repository::catalog::{
     BackupContents, BackupMode, BackupRecord, BackupStatus, ClusterFacts, Compression, StoredFile,
     StoredKind,
 };
-use blockbackup_core::incremental_file::{incremental_path, IncrementalHeader};
-use blockbackup_core::reconstruct::ChainMember;
+use blockbackup_core::restore::ChainMember;
 use blockbackup_core::Lsn;
 use flate2::write::GzEncoder;
 

@@ -31,7 +31,7 @@
 //!
 //! With `page_checks` set (the cluster has data checksums), every page of
 //! a relation file that is read is checked as it passes
-//! ([`crate::page_checksum`]); a page that fails twice is reported with its
+//! ([`crate::backup::page_checksum`]); a page that fails twice is reported with its
 //! file and block, and copied as it is: the backup holds what the disk
 //! held, and the report says what was wrong with it.
 //!
@@ -53,11 +53,11 @@ use std::time::{Duration, Instant};
 use flate2::write::GzEncoder;
 use thiserror::Error;
 
-use crate::backup_plan::FileMethod;
-use crate::catalog::{Compression, StoredFile, StoredKind};
-use crate::incremental_file::{incremental_path, IncrementalHeader};
+use crate::backup::incremental_file::{incremental_path, IncrementalHeader};
+use crate::backup::page_checksum::{check_page, relation_segment, PageCheck, PageChecksumFailure};
+use crate::backup::plan::FileMethod;
 use crate::lsn::Lsn;
-use crate::page_checksum::{check_page, relation_segment, PageCheck, PageChecksumFailure};
+use crate::repository::catalog::{Compression, StoredFile, StoredKind};
 use crate::safe_path::safe_relative_path;
 
 /// Bytes read or written at a time; also how often a worker looks at the

@@ -3,7 +3,7 @@
 use thiserror::Error;
 
 use crate::lsn::Lsn;
-use crate::summary_dir::{GapRecord, SummaryName};
+use crate::summary::directory::{GapRecord, SummaryName};
 
 /// One timeline of the server's history, oldest first: the timeline owns
 /// the LSNs `begin <= lsn < end`; `end` None means it is still current.

@@ -1,10 +1,10 @@
-//! Restoring a backup chain into a data directory.
+//! Rebuilding one file of a data directory from a backup chain.
 //!
 //! # Reconstructing one file
 //!
 //! A chain is a full backup followed by incrementals, oldest first. The
 //! newest member that has a file decides what it is: a whole file is copied
-//! as it is; an incremental file (see [`crate::incremental_file`]) gives the
+//! as it is; an incremental file (see [`crate::backup::incremental_file`]) gives the
 //! exact length of the result and some of its blocks, and every other block
 //! comes from the next older member that has the file, and so on down the
 //! chain to the nearest whole file. A block at or past the end of an older
@@ -26,7 +26,7 @@
 //! format problem, a checksum mismatch is reported first: it says that the
 //! stored file changed since it was written, which is the likelier cause.
 //!
-//! Restoring a whole directory from a chain is [`crate::restore_run`]'s;
+//! Restoring a whole directory from a chain is [`crate::restore::run`]'s;
 //! its entry points are re-exported here.
 
 use std::collections::HashMap;
@@ -37,16 +37,16 @@ use flate2::read::MultiGzDecoder;
 use roaring::RoaringBitmap;
 use thiserror::Error;
 
-use crate::catalog::{BackupContents, BackupRecord, Compression, StoredFile, StoredKind};
-use crate::incremental_file::{
+use crate::backup::incremental_file::{
     incremental_path, read_incremental_header, IncrementalError, IncrementalHeader,
 };
 use crate::lsn::Lsn;
+use crate::repository::catalog::{
+    BackupContents, BackupRecord, Compression, StoredFile, StoredKind,
+};
 use crate::repository::Repository;
-use crate::restore_target::DestinationError;
+use crate::restore::target::DestinationError;
 use crate::safe_fs::{is_not_regular, open_regular_beneath};
-
-pub use crate::restore_run::{restore, RestoreOptions, RestoreProgress, RestoreStats};
 
 /// One backup of a chain, as restore reads it.
 #[derive(Clone, Debug)]

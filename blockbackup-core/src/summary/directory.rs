@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
 
-use crate::block_map::BlockMap;
 use crate::lsn::Lsn;
-use crate::summary_file::{decode_summary, SummaryFileError, SummaryHeader};
+use crate::summary::block_map::BlockMap;
+use crate::summary::file::{decode_summary, SummaryFileError, SummaryHeader};
 
 const SUMMARY_SUFFIX: &str = ".summary";
 const GAP_SUFFIX: &str = ".gap";
@@ -367,7 +367,7 @@ fn parse_span_stem(stem: &str) -> Option<(u32, Lsn, Lsn)> {
 mod tests {
     use super::*;
     use crate::relfork::{ForkNumber, RelFork};
-    use crate::summary_file::encode_summary;
+    use crate::summary::file::encode_summary;
 
     fn name(timeline: u32, start: u64, end: u64) -> SummaryName {
         SummaryName {

@@ -18,9 +18,9 @@
 use roaring::RoaringBitmap;
 use thiserror::Error;
 
-use crate::block_map::{BlockMap, ForkChanges};
 use crate::lsn::Lsn;
 use crate::relfork::{ForkNumber, RelFork};
+use crate::summary::block_map::{BlockMap, ForkChanges};
 
 const MAGIC: &[u8; 8] = b"PGBBSUM1";
 const FORMAT_VERSION: u32 = 1;

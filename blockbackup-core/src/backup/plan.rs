@@ -49,9 +49,9 @@ use std::path::{Path, PathBuf};
 use roaring::RoaringBitmap;
 use thiserror::Error;
 
-use crate::block_map::BlockMap;
-use crate::incremental_file::IncrementalHeader;
+use crate::backup::incremental_file::IncrementalHeader;
 use crate::relfork::{ForkNumber, RelFork, DEFAULT_TABLESPACE_OID, GLOBAL_TABLESPACE_OID};
+use crate::summary::block_map::BlockMap;
 
 /// Directories kept empty: the server rebuilds or ignores their contents.
 const EXCLUDED_DIR_CONTENTS: &[&str] = &[

@@ -7,11 +7,11 @@
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use blockbackup_core::catalog::BackupRecord;
+use blockbackup_core::repository::catalog::BackupRecord;
 use blockbackup_core::Lsn;
 
-use super::{repository_access, server_backup};
-use crate::summary_store::wait_until_summarized;
+use super::{pg_backup_functions, repository_access};
+use crate::summary_access::wait_until_summarized;
 use crate::{errors, settings, timeline};
 
 pub struct Started {
@@ -23,7 +23,7 @@ pub struct Started {
 
 pub struct Stopped {
     pub backup_id: String,
-    pub stop: server_backup::StopResult,
+    pub stop: pg_backup_functions::StopResult,
 }
 
 const SUMMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -65,7 +65,7 @@ pub fn start(label: &str, fast: bool) -> Started {
         let history = timeline::history_of(timeline::current_timeline());
         repository_access::newest_usable_parent(&repository_access::open_for_writing(), &history)
     });
-    let start_lsn = server_backup::start(label, fast);
+    let start_lsn = pg_backup_functions::start(label, fast);
     // So that changed_blocks(parent_start_lsn, start_lsn) answers at once.
     if parent.is_some() && settings::SUMMARIZE_WAL.get() {
         if let Err(reached) = wait_until_summarized(start_lsn, SUMMARY_WAIT) {
@@ -93,6 +93,6 @@ pub fn stop() -> Stopped {
     };
     Stopped {
         backup_id,
-        stop: server_backup::stop(true),
+        stop: pg_backup_functions::stop(true),
     }
 }

@@ -35,7 +35,7 @@ pub fn summaries_dir() -> PathBuf {
 }
 
 pub fn list() -> Vec<SummaryEntry> {
-    list_summaries(&summaries_dir()).unwrap_or_else(|e| errors::summary_store(e))
+    list_summaries(&summaries_dir()).unwrap_or_else(|e| errors::summary_access(e))
 }
 
 /// The changes of [start, end): exact when both ends are summary
@@ -44,7 +44,7 @@ pub fn list() -> Vec<SummaryEntry> {
 pub fn changes_between(start: Lsn, end: Lsn) -> BlockMap {
     try_changes_between(start, end).unwrap_or_else(|e| match e {
         ChangesError::Coverage(e) => errors::coverage(e),
-        ChangesError::Store(e) => errors::summary_store(e),
+        ChangesError::Store(e) => errors::summary_access(e),
     })
 }
 

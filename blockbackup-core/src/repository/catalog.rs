@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backup::page_checksum::PageChecksumFailure;
 use crate::lsn::Lsn;
-use crate::page_checksum::PageChecksumFailure;
 
 /// How many failed pages a record lists (it counts all of them).
 pub const MAX_LISTED_CHECKSUM_FAILURES: usize = 100;

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::catalog::{StoredFile, StoredKind};
 use crate::content_checksum::crc32c_of;
+use crate::repository::catalog::{StoredFile, StoredKind};
 
 pub struct DumpProcess {
     child: Child,

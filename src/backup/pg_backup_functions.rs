@@ -2,7 +2,7 @@
 //! same code serves every version (the C functions changed signature in
 //! 16), and the abort PostgreSQL needs when a backup fails half-way.
 
-use blockbackup_core::catalog::ClusterFacts;
+use blockbackup_core::repository::catalog::ClusterFacts;
 use blockbackup_core::Lsn;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;

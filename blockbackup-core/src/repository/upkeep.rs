@@ -4,7 +4,7 @@
 //! it as proof) and keeps going on a full disk: reading and removing need
 //! no space, and a status that cannot be written is reported, not fatal.
 
-use crate::catalog::{BackupMode, BackupRecord, BackupStatus};
+use crate::repository::catalog::{BackupMode, BackupRecord, BackupStatus};
 use crate::repository::{
     delete_plan, expire_plan, validate_backup_id, Catalog, Repository, RepositoryError,
     RepositoryLock, Validation, ValidationReport,

@@ -1,7 +1,7 @@
 //! Restoring a backup chain into a data directory: the whole run, around
-//! the rebuild of each file ([`crate::reconstruct`]).
+//! the rebuild of each file ([`crate::restore::rebuild`]).
 //!
-//! [`restore`] checks every destination first ([`crate::restore_target`]),
+//! [`restore`] checks every destination first ([`crate::restore::target`]),
 //! then writes the newest member's files (files only in older backups were
 //! deleted since), creates the directories PostgreSQL needs at startup,
 //! places tablespaces, configures archive recovery (which ends on a new
@@ -48,16 +48,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::backup_manifest::{render_manifest, ManifestFile, WalRange};
-use crate::catalog::{BackupMode, BackupRecord, StoredKind};
-use crate::conf_file::{quote_value, setting_lines};
-use crate::incremental_file::restored_path;
+use crate::backup::incremental_file::restored_path;
+use crate::backup::manifest::{render_manifest, ManifestFile, WalRange};
 use crate::lsn::Lsn;
-use crate::reconstruct::{
+use crate::repository::catalog::{BackupMode, BackupRecord, StoredKind};
+use crate::restore::conf_file::{quote_value, setting_lines};
+use crate::restore::rebuild::{
     io_error, reconstruct_file, reconstruct_into, ChainIndex, ChainMember, CrcWriter,
     ReconstructedFile, RestoreError, Version,
 };
-use crate::restore_target::DestinationRules;
+use crate::restore::target::DestinationRules;
 use crate::safe_fs::{open_regular_beneath, TargetTree};
 use crate::safe_path::safe_relative_path;
 

@@ -71,12 +71,17 @@ use flate2::read::GzDecoder;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::catalog::{BackupContents, BackupMode, BackupRecord, BackupStatus, Compression};
 use crate::civil_time::civil_from_days;
 use crate::content_checksum::crc32c_of;
+use crate::repository::catalog::{
+    BackupContents, BackupMode, BackupRecord, BackupStatus, Compression,
+};
 use crate::safe_fs::{is_not_regular, open_regular_beneath};
+
+pub mod catalog;
+pub mod upkeep;
 use crate::safe_path::safe_relative_path;
-use crate::summary_dir::{write_file_durably, SummaryDirError};
+use crate::summary::directory::{write_file_durably, SummaryDirError};
 
 pub const MARKER_FILE_NAME: &str = "pg_blockbackup.repository.json";
 const MARKER_FORMAT: &str = "pg_blockbackup repository";
