@@ -74,7 +74,7 @@ def test_restore_places_for_a_backup_role():
         if int(c.sql_value("SHOW server_version_num")) >= 160000:
             hba_dir = make_postgres_dir(os.path.join(td.path, "hba.d"))
             with open(os.path.join(c.datadir, "pg_hba.conf"), "a") as f:
-                f.write(f"\ninclude_dir {quote_literal(hba_dir)}\n")
+                f.write(f'\ninclude_dir "{hba_dir}"\n')   # hba quoting: double quotes
         c.reload()
         wait_until(lambda: c.sql_value("SHOW work_mem") == "5MB", timeout=30,
                    what="the included file to be read")

@@ -168,10 +168,12 @@ fn forbidden_places(repo: &Repository, pgdata: Option<&std::path::Path>) -> Vec<
             ));
         }
     }
-    let starts: Vec<PathBuf> = ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"]
-        .iter()
-        .map(|name| pgdata.join(name))
-        .collect();
+    use blockbackup_core::restore::conf_file::Syntax::{Authentication, Settings};
+    let starts = [
+        (pgdata.join("postgresql.conf"), Settings),
+        (pgdata.join("pg_hba.conf"), Authentication),
+        (pgdata.join("pg_ident.conf"), Authentication),
+    ];
     for dir in configuration_directories(&starts) {
         places.push(ForbiddenPlace::new(
             &dir,

@@ -138,11 +138,15 @@ fn configuration_directories(data_dir: &Path) -> BTreeSet<PathBuf> {
             data_dir.join(path)
         }
     };
-    let starts: Vec<PathBuf> = ["config_file", "hba_file", "ident_file"]
-        .into_iter()
-        .filter_map(setting)
-        .map(absolute)
-        .collect();
+    use conf_file::Syntax::{Authentication, Settings};
+    let starts: Vec<(PathBuf, conf_file::Syntax)> = [
+        ("config_file", Settings),
+        ("hba_file", Authentication),
+        ("ident_file", Authentication),
+    ]
+    .into_iter()
+    .filter_map(|(name, syntax)| setting(name).map(|value| (absolute(value), syntax)))
+    .collect();
     let mut dirs = conf_file::configuration_directories(&starts);
     for name in [
         "ssl_cert_file",

@@ -77,20 +77,29 @@ pub fn includes(text: &str, dir: &Path) -> Vec<Include> {
     found
 }
 
+/// The syntax of a configuration file: `postgresql.conf`'s, or that of
+/// `pg_hba.conf` and `pg_ident.conf` (whitespace-separated tokens, double
+/// quotes), which take include directives too from PostgreSQL 16 on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syntax {
+    Settings,
+    Authentication,
+}
+
 /// The directories a server reads configuration from, given the files it
-/// starts from (`config_file`, and `hba_file` and `ident_file`, which take
-/// include directives too from PostgreSQL 16 on): the directory of each,
-/// and of every file they include, followed as the server follows them,
-/// and every `include_dir`.
-pub fn configuration_directories(files: &[PathBuf]) -> BTreeSet<PathBuf> {
+/// starts from (`config_file` in settings syntax; `hba_file` and
+/// `ident_file` in authentication syntax): the directory of each, and of
+/// every file they include, followed as the server follows them, and every
+/// `include_dir`.
+pub fn configuration_directories(files: &[(PathBuf, Syntax)]) -> BTreeSet<PathBuf> {
     let mut dirs = BTreeSet::new();
-    for file in files {
-        follow_includes(file, 0, &mut dirs);
+    for (file, syntax) in files {
+        follow_includes(file, *syntax, 0, &mut dirs);
     }
     dirs
 }
 
-fn follow_includes(file: &Path, depth: usize, dirs: &mut BTreeSet<PathBuf>) {
+fn follow_includes(file: &Path, syntax: Syntax, depth: usize, dirs: &mut BTreeSet<PathBuf>) {
     let Some(dir) = file.parent() else {
         return;
     };
@@ -101,9 +110,13 @@ fn follow_includes(file: &Path, depth: usize, dirs: &mut BTreeSet<PathBuf>) {
     let Ok(text) = std::fs::read_to_string(file) else {
         return;
     };
-    for include in includes(&text, dir) {
+    let found = match syntax {
+        Syntax::Settings => includes(&text, dir),
+        Syntax::Authentication => authentication_includes(&text, dir),
+    };
+    for include in found {
         match include {
-            Include::File(path) => follow_includes(&path, depth + 1, dirs),
+            Include::File(path) => follow_includes(&path, syntax, depth + 1, dirs),
             Include::Directory(path) => {
                 dirs.insert(path.clone());
                 let Ok(entries) = std::fs::read_dir(&path) else {
@@ -112,12 +125,79 @@ fn follow_includes(file: &Path, depth: usize, dirs: &mut BTreeSet<PathBuf>) {
                 for entry in entries.flatten() {
                     let name = entry.file_name().to_string_lossy().into_owned();
                     if name.ends_with(".conf") && !name.starts_with('.') {
-                        follow_includes(&entry.path(), depth + 1, dirs);
+                        follow_includes(&entry.path(), syntax, depth + 1, dirs);
                     }
                 }
             }
         }
     }
+}
+
+/// The include directives of a `pg_hba.conf` or `pg_ident.conf` text:
+/// lines whose first token is `include`, `include_if_exists` or
+/// `include_dir`, the second token (unquoted) naming the file.
+pub fn authentication_includes(text: &str, dir: &Path) -> Vec<Include> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let tokens = authentication_tokens(line);
+        let (Some(keyword), Some(value)) = (tokens.first(), tokens.get(1)) else {
+            continue;
+        };
+        let path = dir.join(value);
+        match keyword.as_str() {
+            "include" | "include_if_exists" => found.push(Include::File(path)),
+            "include_dir" => found.push(Include::Directory(path)),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// The tokens of an authentication file line: separated by whitespace
+/// (and commas), `#` starting a comment outside quotes, double quotes
+/// grouping, `""` inside them a quote.
+fn authentication_tokens(line: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut started = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if quoted {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    current.push('"');
+                } else {
+                    quoted = false;
+                }
+            } else {
+                current.push(c);
+            }
+            continue;
+        }
+        match c {
+            '#' => break,
+            '"' => {
+                quoted = true;
+                started = true;
+            }
+            c if c.is_whitespace() || c == ',' => {
+                if started {
+                    tokens.push(std::mem::take(&mut current));
+                    started = false;
+                }
+            }
+            c => {
+                current.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        tokens.push(current);
+    }
+    tokens
 }
 
 /// `(name, value)` of a setting line, the value unquoted; None for blank,
@@ -216,14 +296,14 @@ mod tests {
         std::fs::write(
             root.join("data/pg_hba.conf"),
             format!(
-                "local all all trust\ninclude_dir {}\n",
+                "local all all trust # include_dir nowhere\ninclude_dir \"{}\"\n",
                 root.join("hba.d").display()
             ),
         )
         .unwrap();
         let dirs = configuration_directories(&[
-            root.join("data/postgresql.conf"),
-            root.join("data/pg_hba.conf"),
+            (root.join("data/postgresql.conf"), Syntax::Settings),
+            (root.join("data/pg_hba.conf"), Syntax::Authentication),
         ]);
         let expected: BTreeSet<PathBuf> = ["data", "conf.d", "extra", "hba.d", "deep"]
             .iter()
