@@ -33,6 +33,10 @@ pub enum CompressionSetting {
     None,
     #[name = c"gzip"]
     Gzip,
+    #[name = c"zstd"]
+    Zstd,
+    #[name = c"lz4"]
+    Lz4,
 }
 
 impl CompressionSetting {
@@ -40,6 +44,8 @@ impl CompressionSetting {
         match self {
             CompressionSetting::None => Compression::None,
             CompressionSetting::Gzip => Compression::Gzip,
+            CompressionSetting::Zstd => Compression::Zstd,
+            CompressionSetting::Lz4 => Compression::Lz4,
         }
     }
 }
@@ -47,6 +53,10 @@ impl CompressionSetting {
 /// Default compression of take_backup.
 pub static COMPRESSION: GucSetting<CompressionSetting> =
     GucSetting::<CompressionSetting>::new(CompressionSetting::None);
+
+/// Default compression level of take_backup; -1 is the codec's own
+/// default (gzip 6, zstd 3).
+pub static COMPRESS_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(-1);
 
 /// Default number of copy threads of take_backup and restore_backup.
 pub static PARALLEL: GucSetting<i32> = GucSetting::<i32>::new(1);
@@ -98,9 +108,19 @@ pub fn register() {
     );
     GucRegistry::define_enum_guc(
         c"blockbackup.compression",
-        c"Compression of stored backup files: none or gzip.",
+        c"Compression of stored backup files: none, gzip, zstd or lz4.",
         c"",
         &COMPRESSION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"blockbackup.compress_level",
+        c"Level of the compression of take_backup (-1: the codec's default).",
+        c"gzip takes 0 to 9, zstd 1 to 19; none and lz4 have one level.",
+        &COMPRESS_LEVEL,
+        -1,
+        19,
         GucContext::Userset,
         GucFlags::default(),
     );

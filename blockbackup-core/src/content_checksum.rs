@@ -37,3 +37,66 @@ mod tests {
         assert_eq!(crc32c_of(&[][..]).unwrap(), (0, 0));
     }
 }
+
+/// A reader or writer that counts the bytes passing through it and their
+/// CRC-32C, in a tally the caller keeps (readers are often owned by a
+/// decoder stacked on top, so the tally is shared).
+#[derive(Debug, Default)]
+pub struct Tally {
+    len: std::sync::atomic::AtomicU64,
+    crc: std::sync::atomic::AtomicU32,
+}
+
+impl Tally {
+    fn add(&self, bytes: &[u8]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.len.fetch_add(bytes.len() as u64, Relaxed);
+        let crc = crc32c::crc32c_append(self.crc.load(Relaxed), bytes);
+        self.crc.store(crc, Relaxed);
+    }
+
+    /// (bytes, CRC-32C) so far.
+    pub fn result(&self) -> (u64, u32) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.len.load(Relaxed), self.crc.load(Relaxed))
+    }
+}
+
+/// Passes reads or writes through to `inner`, adding them to `tally`.
+pub struct Tallied<T> {
+    pub inner: T,
+    tally: std::sync::Arc<Tally>,
+}
+
+impl<T> Tallied<T> {
+    pub fn new(inner: T) -> (Self, std::sync::Arc<Tally>) {
+        let tally = std::sync::Arc::new(Tally::default());
+        (
+            Tallied {
+                inner,
+                tally: tally.clone(),
+            },
+            tally,
+        )
+    }
+}
+
+impl<R: Read> Read for Tallied<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.tally.add(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<W: io::Write> io::Write for Tallied<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.tally.add(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

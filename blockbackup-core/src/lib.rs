@@ -10,13 +10,15 @@
 //!   validation, retention and upkeep;
 //! * [`restore`]: rebuilding files from a chain, the restore run, and where
 //!   a restore may write;
-//! * [`dump`]: pg_dump requests and the supervised pg_dump process.
+//! * [`dump`]: pg_dump requests and the supervised pg_dump process;
+//! * [`compress`]: the codecs stored files are written and read with.
 //!
 //! Nothing here depends on a running server; the extension feeds it events
 //! read from WAL and LSNs it gets from PostgreSQL.
 
 pub mod backup;
 pub mod civil_time;
+pub mod compress;
 pub mod content_checksum;
 pub mod dump;
 pub mod lsn;

@@ -128,6 +128,7 @@ fn records_and_contents_round_trip() {
             size: 100,
             stored_size: 50,
             crc32c: 0xdead_beef,
+            stored_crc32c: None,
             mtime: 1_700_000_000,
         }],
     };
@@ -320,6 +321,7 @@ fn store(repository: &Repository, id: &str, path: &str, content: &[u8], gzip: bo
         size: content.len() as u64,
         stored_size: stored.len() as u64,
         crc32c: crc32c::crc32c(content),
+        stored_crc32c: None,
         mtime: 0,
     }
 }

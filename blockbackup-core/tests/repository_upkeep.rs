@@ -48,6 +48,7 @@ fn stored_backup(
             size: 3,
             stored_size: 3,
             crc32c: crc32c::crc32c(content),
+            stored_crc32c: None,
             mtime: 0,
         }],
     };

@@ -142,6 +142,7 @@ fn import(
             size: stored.len() as u64,
             stored_size: compressed.len() as u64,
             crc32c: crc32c::crc32c(&stored),
+            stored_crc32c: None,
             mtime,
         });
     }

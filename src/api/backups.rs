@@ -24,14 +24,24 @@ pub(super) fn timestamp(unix_us: Option<i64>) -> Option<TimestampWithTimeZone> {
 }
 
 fn parse_compression(text: &str) -> Compression {
-    match text {
-        "none" => Compression::None,
-        "gzip" => Compression::Gzip,
-        other => errors::invalid_argument(
-            format!("unknown compression \"{other}\"; the choices are none, gzip"),
-            "Use 'none' or 'gzip' (argument compress, or blockbackup.compression).",
-        ),
-    }
+    Compression::parse(text).unwrap_or_else(|e| {
+        errors::invalid_argument(
+            e.to_string(),
+            "Pass compress => 'none', 'gzip', 'zstd' or 'lz4' (or set blockbackup.compression).",
+        )
+    })
+}
+
+/// The level to compress with: the argument, else the setting (-1 for
+/// the codec's default), checked against the codec's range.
+fn compression_level(compression: Compression, argument: Option<i32>) -> i32 {
+    let level = argument.or_else(|| Some(settings::COMPRESS_LEVEL.get()).filter(|&l| l >= 0));
+    compression.check_level(level).unwrap_or_else(|e| {
+        errors::invalid_argument(
+            e.to_string(),
+            "Pass a level in the codec's range (compress_level, or blockbackup.compress_level; -1 is the codec's default).",
+        )
+    })
 }
 
 /// Warnings of the repository's upkeep, as the server's WARNINGs.
@@ -47,6 +57,7 @@ fn take_backup(
     label: default!(Option<String>, "NULL"),
     compress: default!(Option<String>, "NULL"),
     parallel: default!(Option<i32>, "NULL"),
+    compress_level: default!(Option<i32>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -80,6 +91,7 @@ fn take_backup(
         Some(text) => parse_compression(&text),
         None => settings::COMPRESSION.get().compression(),
     };
+    let level = compression_level(compression, compress_level);
     let threads = parallel.unwrap_or_else(|| settings::PARALLEL.get());
     if !(1..=64).contains(&threads) {
         errors::invalid_argument(
@@ -91,6 +103,7 @@ fn take_backup(
         mode,
         label,
         compression,
+        level,
         threads: threads as usize,
     });
     TableIterator::once((

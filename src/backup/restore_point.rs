@@ -72,7 +72,9 @@ pub fn create(name: &str, backup_id: Option<&str>) -> CreatedRestorePoint {
     let options = CopyOptions {
         dest_dir: staging.clone(),
         compression: record.compression,
-        gzip_level: 6,
+        level: record
+            .compression_level
+            .unwrap_or_else(|| record.compression.default_level()),
         threads: 1,
         page_checks: None,
     };
@@ -205,10 +207,7 @@ fn install_segments(
     stored: &[blockbackup_core::repository::catalog::StoredFile],
     staging: &std::path::Path,
 ) {
-    let suffix = match record.compression {
-        blockbackup_core::repository::catalog::Compression::Gzip => ".gz",
-        blockbackup_core::repository::catalog::Compression::None => "",
-    };
+    let suffix = record.compression.suffix();
     let wal_dir = repo.data_dir(&record.backup_id).join("pg_wal");
     for file in stored {
         let name = format!("{}{suffix}", file.path);

@@ -50,6 +50,7 @@ pub struct TakeRequest {
     pub mode: RequestedMode,
     pub label: Option<String>,
     pub compression: Compression,
+    pub level: i32,
     pub threads: usize,
 }
 
@@ -111,6 +112,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     record.parent_backup_id = parent.as_ref().map(|(p, _)| p.backup_id.clone());
     record.label = request.label.clone();
     record.compression = request.compression;
+    record.compression_level = Some(request.level);
     repo.create_backup(&mut record)
         .unwrap_or_else(|e| errors::repository(e));
     let backup_id = record.backup_id.clone();
@@ -127,7 +129,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     let copy_options = CopyOptions {
         dest_dir: repo.data_dir(&backup_id),
         compression: request.compression,
-        gzip_level: 6,
+        level: request.level,
         threads: request.threads,
         page_checks,
     };

@@ -47,15 +47,17 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use flate2::write::GzEncoder;
 use thiserror::Error;
 
 use crate::backup::incremental_file::{incremental_path, IncrementalHeader};
 use crate::backup::page_checksum::{check_page, relation_segment, PageCheck, PageChecksumFailure};
 use crate::backup::plan::FileMethod;
+use crate::compress::Encoder;
+use crate::content_checksum::{Tallied, Tally};
 use crate::lsn::Lsn;
 use crate::repository::catalog::{Compression, StoredFile, StoredKind};
 use crate::safe_path::safe_relative_path;
@@ -66,8 +68,6 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// `poll` runs at least this often (plus the time one call of it takes).
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
-const GZIP_SUFFIX: &str = ".gz";
-const MAX_GZIP_LEVEL: u32 = 9;
 
 /// One file to copy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,7 +88,8 @@ pub struct CopyOptions {
     pub dest_dir: PathBuf,
     pub compression: Compression,
     /// 0 to 9; higher values are taken as 9.
-    pub gzip_level: u32,
+    /// The codec's level (clamped into its range).
+    pub level: i32,
     /// Worker threads; 0 is taken as 1.
     pub threads: usize,
     /// Check page checksums of relation files as they are read.
@@ -392,10 +393,7 @@ fn run_pool<T: Sync, R: Send>(
 
 /// The file name under `dest_dir` of a stored path.
 fn stored_name(stored_path: &str, compression: Compression) -> String {
-    match compression {
-        Compression::None => stored_path.to_owned(),
-        Compression::Gzip => format!("{stored_path}{GZIP_SUFFIX}"),
-    }
+    compression.stored_name(stored_path)
 }
 
 /// What copying one file read.
@@ -484,7 +482,8 @@ fn copy_one(
         .truncate(true)
         .open(&dest)
         .map_err(write_error(&dest))?;
-    let mut sink = Sink::new(file, options.compression, options.gzip_level);
+    let mut sink =
+        Sink::new(file, options.compression, options.level).map_err(write_error(&dest))?;
     let pages = PageScan::for_task(task, options);
     let copied = match &task.method {
         FileMethod::Whole => copy_whole(&source, task, pages, &mut sink, &dest, progress, stop),
@@ -493,17 +492,18 @@ fn copy_one(
         ),
     }
     .and_then(|copied| {
-        let stored_size = sink.finish().map_err(write_error(&dest))?;
-        Ok((copied, stored_size))
+        let stored = sink.finish().map_err(write_error(&dest))?;
+        Ok((copied, stored))
     });
     match copied {
-        Ok((copied, stored_size)) => Ok(Some((
+        Ok((copied, (stored_size, stored_crc32c))) => Ok(Some((
             StoredFile {
                 path: stored_path,
                 kind: task.kind,
                 size: copied.size,
                 stored_size,
                 crc32c: copied.crc32c,
+                stored_crc32c: Some(stored_crc32c),
                 mtime: task.mtime,
             },
             copied,
@@ -646,41 +646,37 @@ fn read_at_most(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize
     Ok(filled)
 }
 
-/// Where file content goes: the destination file, through gzip or not.
-enum Sink {
-    Plain(BufWriter<File>),
-    Gzip(GzEncoder<BufWriter<File>>),
+/// Where file content goes: the destination file, through the codec, with
+/// the size and CRC-32C of the bytes stored.
+struct Sink {
+    encoder: Encoder<Tallied<BufWriter<File>>>,
+    stored: Arc<Tally>,
 }
 
 impl Sink {
-    fn new(file: File, compression: Compression, gzip_level: u32) -> Self {
-        let buffered = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
-        match compression {
-            Compression::None => Sink::Plain(buffered),
-            Compression::Gzip => Sink::Gzip(GzEncoder::new(
-                buffered,
-                flate2::Compression::new(gzip_level.min(MAX_GZIP_LEVEL)),
-            )),
-        }
+    fn new(file: File, compression: Compression, level: i32) -> io::Result<Self> {
+        let (tallied, stored) = Tallied::new(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file));
+        Ok(Sink {
+            encoder: compression.encoder(tallied, level)?,
+            stored,
+        })
     }
 
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        match self {
-            Sink::Plain(writer) => writer.write_all(data),
-            Sink::Gzip(writer) => writer.write_all(data),
-        }
+        self.encoder.write_all(data)
     }
 
-    /// Writes everything out, starts its writeback and returns the file's
-    /// size; `copy_files` fsyncs the file once all are written.
-    fn finish(self) -> io::Result<u64> {
-        let buffered = match self {
-            Sink::Plain(writer) => writer,
-            Sink::Gzip(writer) => writer.finish()?,
-        };
-        let file = buffered.into_inner().map_err(|error| error.into_error())?;
+    /// Writes everything out, starts its writeback and returns the size
+    /// and CRC-32C of what was stored; `copy_files` fsyncs the file once
+    /// all are written.
+    fn finish(self) -> io::Result<(u64, u32)> {
+        let tallied = self.encoder.finish()?;
+        let file = tallied
+            .inner
+            .into_inner()
+            .map_err(|error| error.into_error())?;
         start_writeback(&file);
-        Ok(file.metadata()?.len())
+        Ok(self.stored.result())
     }
 }
 

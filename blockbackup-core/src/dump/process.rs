@@ -188,6 +188,7 @@ fn checksum_one(base: &Path, path: &Path, metadata: &fs::Metadata) -> io::Result
         size,
         stored_size: size,
         crc32c: crc,
+        stored_crc32c: Some(crc),
         mtime,
     })
 }

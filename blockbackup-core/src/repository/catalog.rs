@@ -45,16 +45,6 @@ impl BackupMode {
     }
 }
 
-impl Compression {
-    /// The name the SQL interface and the settings use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Gzip => "gzip",
-        }
-    }
-}
-
 impl BackupStatus {
     /// The name the SQL interface shows.
     pub fn as_str(self) -> &'static str {
@@ -73,12 +63,8 @@ impl BackupStatus {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    None,
-    Gzip,
-}
+/// How a backup's files are stored: one codec for all of them.
+pub use crate::compress::Compression;
 
 /// A tablespace as `pg_backup_stop`'s tablespace map names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +97,10 @@ pub struct BackupRecord {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub compression: Compression,
+    /// The level `compression` was used at (None in records of the first
+    /// release, which used gzip's default, 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
     pub block_size: u32,
     /// Blocks per relation segment file (RELSEG_SIZE).
     pub segment_blocks: u32,
@@ -213,6 +203,7 @@ impl BackupRecord {
             bytes_read: 0,
             bytes_written: 0,
             compression: Compression::None,
+            compression_level: None,
             block_size: cluster.block_size,
             segment_blocks: cluster.segment_blocks,
             wal_segment_size: cluster.wal_segment_size,
@@ -272,6 +263,11 @@ pub struct StoredFile {
     pub stored_size: u64,
     /// CRC-32C of the content (before compression).
     pub crc32c: u32,
+    /// CRC-32C of the bytes stored (after compression; the content's for
+    /// uncompressed files). Absent in records of the first release, which
+    /// checked the content only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_crc32c: Option<u32>,
     /// Modification time of the source, seconds since the Unix epoch.
     pub mtime: i64,
 }

@@ -63,16 +63,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use flate2::read::GzDecoder;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::civil_time::civil_from_days;
-use crate::content_checksum::crc32c_of;
+use crate::content_checksum::{crc32c_of, Tallied};
 use crate::repository::catalog::{
     BackupContents, BackupMode, BackupRecord, BackupStatus, Compression,
 };
@@ -1086,9 +1085,7 @@ impl Repository {
                 continue;
             };
             let mut stored = relative.to_path_buf();
-            if compression == Compression::Gzip {
-                stored.as_mut_os_string().push(".gz");
-            }
+            stored.as_mut_os_string().push(compression.suffix());
             match checksum_file(&data_dir, &stored, compression) {
                 Ok(found) => {
                     report.bytes_checked += found.size;
@@ -1106,6 +1103,16 @@ impl Repository {
                         report.errors.push(format!(
                             "\"{}\": CRC-32C {:08x}, {:08x} expected",
                             file.path, found.crc32c, file.crc32c
+                        ));
+                    } else if file
+                        .stored_crc32c
+                        .is_some_and(|crc| crc != found.stored_crc32c)
+                    {
+                        report.errors.push(format!(
+                            "\"{}\": CRC-32C of the stored bytes {:08x}, {:08x} expected (the content decodes the same, the file does not)",
+                            file.path,
+                            found.stored_crc32c,
+                            file.stored_crc32c.unwrap_or_default()
                         ));
                     }
                 }
@@ -1169,6 +1176,7 @@ struct FileChecksum {
     size: u64,
     stored_size: u64,
     crc32c: u32,
+    stored_crc32c: u32,
 }
 
 fn checksum_file(
@@ -1178,15 +1186,14 @@ fn checksum_file(
 ) -> io::Result<FileChecksum> {
     let file = open_regular_beneath(dir, relative)?;
     let stored_size = file.metadata()?.len();
-    let reader: Box<dyn Read> = match compression {
-        Compression::None => Box::new(file),
-        Compression::Gzip => Box::new(GzDecoder::new(file)),
-    };
+    let (raw, stored) = Tallied::new(io::BufReader::with_capacity(128 * 1024, file));
+    let reader = compression.decoder(raw)?;
     let (size, crc) = crc32c_of(reader)?;
     Ok(FileChecksum {
         size,
         stored_size,
         crc32c: crc,
+        stored_crc32c: stored.result().1,
     })
 }
 

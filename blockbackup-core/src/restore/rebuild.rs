@@ -32,14 +32,15 @@
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use flate2::read::MultiGzDecoder;
 use roaring::RoaringBitmap;
 use thiserror::Error;
 
 use crate::backup::incremental_file::{
     incremental_path, read_incremental_header, IncrementalError, IncrementalHeader,
 };
+use crate::content_checksum::{Tallied, Tally};
 use crate::lsn::Lsn;
 use crate::repository::catalog::{
     BackupContents, BackupRecord, Compression, StoredFile, StoredKind,
@@ -101,6 +102,8 @@ pub enum RestoreError {
         actual_size: u64,
         actual_crc: u32,
     },
+    #[error("the stored bytes of {path} in backup {backup_id} differ from what contents.json recorded (their size or CRC-32C), although they decode to the recorded content; the backup was changed since it was written, restore another backup")]
+    StoredMismatch { backup_id: String, path: String },
     #[error("incremental file {path} of backup {backup_id} is invalid: {source}")]
     BadIncremental {
         backup_id: String,
@@ -240,6 +243,8 @@ struct Source<'a> {
     disk_path: PathBuf,
     compressed: bool,
     reader: Box<dyn Read + Send + 'a>,
+    /// Size and CRC-32C of the stored bytes read under the decoder.
+    stored: Arc<Tally>,
     len: u64,
     crc: u32,
     /// The first error the underlying reader returned (the `Read` impl
@@ -249,12 +254,9 @@ struct Source<'a> {
 
 impl<'a> Source<'a> {
     fn open(member: &'a ChainMember<'_>, file: &'a StoredFile) -> Result<Self, RestoreError> {
-        let compressed = member.record.compression == Compression::Gzip;
-        let stored_name = if compressed {
-            format!("{}.gz", file.path)
-        } else {
-            file.path.clone()
-        };
+        let compression = member.record.compression;
+        let compressed = compression != Compression::None;
+        let stored_name = compression.stored_name(&file.path);
         let disk_path = member.data_dir.join(&stored_name);
         let handle =
             open_regular_beneath(&member.data_dir, Path::new(&stored_name)).map_err(|source| {
@@ -277,18 +279,20 @@ impl<'a> Source<'a> {
                     }
                 }
             })?;
-        let buffered = BufReader::with_capacity(128 * 1024, handle);
-        let reader: Box<dyn Read + Send> = if compressed {
-            Box::new(MultiGzDecoder::new(buffered))
-        } else {
-            Box::new(buffered)
-        };
+        let (buffered, stored) = Tallied::new(BufReader::with_capacity(128 * 1024, handle));
+        let reader = compression
+            .decoder(buffered)
+            .map_err(|source| RestoreError::Io {
+                path: disk_path.clone(),
+                source,
+            })?;
         Ok(Source {
             backup_id: &member.record.backup_id,
             file,
             disk_path,
             compressed,
             reader,
+            stored,
             len: 0,
             crc: 0,
             failure: None,
@@ -348,11 +352,19 @@ impl<'a> Source<'a> {
 
     /// After the whole content was read: does it match `contents.json`?
     fn verify(&self) -> Result<(), RestoreError> {
-        if self.len == self.file.size && self.crc == self.file.crc32c {
-            Ok(())
-        } else {
-            Err(self.mismatch())
+        if self.len != self.file.size || self.crc != self.file.crc32c {
+            return Err(self.mismatch());
         }
+        let (stored_len, stored_crc) = self.stored.result();
+        let stored_differs = stored_len != self.file.stored_size
+            || self.file.stored_crc32c.is_some_and(|crc| crc != stored_crc);
+        if stored_differs {
+            return Err(RestoreError::StoredMismatch {
+                backup_id: self.backup_id.to_owned(),
+                path: self.file.path.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn mismatch(&self) -> RestoreError {

@@ -15,7 +15,6 @@ use blockbackup_core::repository::catalog::{
 };
 use blockbackup_core::restore::ChainMember;
 use blockbackup_core::Lsn;
-use flate2::write::GzEncoder;
 
 #[path = "../fixtures/mod.rs"]
 mod fixtures;
@@ -116,20 +115,14 @@ pub fn write_backup(root: &Path, record: BackupRecord, files: Vec<Stored>) -> Ba
     let data_dir = root.join("backups").join(&record.backup_id).join("pgdata");
     let mut contents = BackupContents::default();
     for file in files {
-        let compressed = record.compression == Compression::Gzip;
-        let disk = if compressed {
-            data_dir.join(format!("{}.gz", file.path))
-        } else {
-            data_dir.join(&file.path)
-        };
+        let disk = data_dir.join(record.compression.stored_name(&file.path));
         fs::create_dir_all(disk.parent().unwrap()).unwrap();
-        let stored = if compressed {
-            let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            encoder.write_all(&file.content).unwrap();
-            encoder.finish().unwrap()
-        } else {
-            file.content.clone()
-        };
+        let mut encoder = record
+            .compression
+            .encoder(Vec::new(), record.compression.default_level())
+            .unwrap();
+        encoder.write_all(&file.content).unwrap();
+        let stored = encoder.finish().unwrap();
         fs::write(&disk, &stored).unwrap();
         contents.files.push(StoredFile {
             path: file.path,
@@ -137,6 +130,7 @@ pub fn write_backup(root: &Path, record: BackupRecord, files: Vec<Stored>) -> Ba
             size: file.content.len() as u64,
             stored_size: stored.len() as u64,
             crc32c: crc32c::crc32c(&file.content),
+            stored_crc32c: Some(crc32c::crc32c(&stored)),
             mtime: 1_700_000_000,
         });
     }
@@ -161,9 +155,7 @@ pub fn chain(backups: &[Backup]) -> Vec<ChainMember<'_>> {
 
 /// The bytes a stored file has on disk.
 pub fn disk_path(backup: &Backup, stored_path: &str) -> PathBuf {
-    if backup.record.compression == Compression::Gzip {
-        backup.data_dir.join(format!("{stored_path}.gz"))
-    } else {
-        backup.data_dir.join(stored_path)
-    }
+    backup
+        .data_dir
+        .join(backup.record.compression.stored_name(stored_path))
 }
