@@ -355,6 +355,29 @@ def test_every_codec_restores_equal():
         bk.assert_dumps_equal(source_dump, bk.dumpall(offline), "offline restore of a mixed chain")
 
 
+def test_only_the_wal_a_backup_needs_is_stored():
+    """Of the segment holding its stop LSN a backup stores only the part up
+    to it (plus the switch record after it); the restore gives PostgreSQL a
+    whole segment, and recovery reaches exactly the stop LSN."""
+    with TestDir() as td:
+        c, repo = backup_cluster(td)
+        c.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id")
+        b = bk.take_backup(c, "full")
+        segment = int(c.sql_value("SHOW wal_segment_size").rstrip("MB")) * 1024 * 1024
+        wal = [f for f in bk.read_json(repo, b.backup_id, "contents.json")["files"]
+               if f["kind"] == "wal"]
+        last = max(wal, key=lambda f: f["path"])
+        assert last["size"] < segment // 4, f"the stop segment was stored whole: {last}"
+        restored, _ = bk.restore_and_start(td, c, b.backup_id, "needed_wal",
+                                           recovery_target_lsn=b.stop_lsn)
+        assert restored.sql_value("SELECT count(*) FROM t") == "1000"
+        restored_segments = [os.path.getsize(os.path.join(restored.datadir, "pg_wal", n))
+                             for n in os.listdir(os.path.join(restored.datadir, "pg_wal"))
+                             if re.fullmatch(r"[0-9A-F]{24}", n)]
+        assert restored_segments and all(size == segment for size in restored_segments), \
+            restored_segments
+
+
 # ---- 4 --------------------------------------------------------------------
 
 def relation_file(repo, backup_id):

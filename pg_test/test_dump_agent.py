@@ -109,6 +109,13 @@ def restore_into(cluster, fmt, output_path, db):
             timeout=300)
 
 
+def assert_no_partial_dump(repo, backup_id):
+    """An ERROR dump keeps its record and log, not its partial output."""
+    dump = os.path.join(repo, "backups", backup_id, "dump")
+    assert not os.path.exists(dump) or os.listdir(dump) == [], os.listdir(dump)
+    assert os.path.isfile(os.path.join(repo, "backups", backup_id, "pg_dump.log"))
+
+
 def pg_dump_processes(application_substring=None):
     """PIDs of running pg_dump processes (from /proc)."""
     pids = []
@@ -257,7 +264,7 @@ def test_cancel_stops_pg_dump_and_keeps_no_partial_dump():
             assert a["status"] == "ERROR" and "cancelled" in a["message"], a
             entry = bk.backups(c)[r["backup_id"]]
             assert entry.status == "ERROR", entry
-            assert os.listdir(os.path.join(repo, "backups", r["backup_id"], "dump")) == []
+            assert_no_partial_dump(repo, r["backup_id"])
             assert c.sql_value(f"SELECT blockbackup.cancel_dump_agent({r['agent_id']})") == "f"
 
             # 2. Cancelling the query that launched and waits (Ctrl-C) cancels the agent.
@@ -326,7 +333,7 @@ def test_shutdown_and_killed_agent_end_in_error():
         error = record.get("error") or ""
         assert any(why in error for why in ("shut down", "interrupted",
                                             "administrator command")), record
-        assert os.listdir(os.path.join(repo, "backups", r["backup_id"], "dump")) == []
+        assert_no_partial_dump(repo, r["backup_id"])
 
         # kill -9 of the agent's worker: the server restarts, pg_dump dies with
         # the worker, and the entry it left RUNNING is marked ERROR.

@@ -233,10 +233,10 @@ fn is_disk_full(error: &std::io::Error) -> bool {
 pub fn repository(error: RepositoryError) -> ! {
     use RepositoryError as E;
     let (code, hint) = match &error {
-        E::Io { source, .. } | E::Write(SummaryDirError::Io { source, .. }) if is_disk_full(source) => {
+        E::Io { source, .. } if is_disk_full(source) => {
             (PgSqlErrorCode::ERRCODE_DISK_FULL, "Free space in the repository, or expire old backups.")
         }
-        E::Io { .. } | E::Write(_) => {
+        E::Io { .. } => {
             (PgSqlErrorCode::ERRCODE_IO_ERROR, "Check that the server's OS user can read and write the repository.")
         }
         E::InvalidBackupId { .. } => {

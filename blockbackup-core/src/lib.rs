@@ -11,7 +11,9 @@
 //! * [`restore`]: rebuilding files from a chain, the restore run, and where
 //!   a restore may write;
 //! * [`dump`]: pg_dump requests and the supervised pg_dump process;
-//! * [`compress`]: the codecs stored files are written and read with.
+//! * [`compress`]: the codecs stored files are written and read with;
+//! * [`storage`]: the one interface to where the repository is kept, with
+//!   the local directory as its first driver.
 //!
 //! Nothing here depends on a running server; the extension feeds it events
 //! read from WAL and LSNs it gets from PostgreSQL.
@@ -27,6 +29,7 @@ pub mod repository;
 pub mod restore;
 pub mod safe_fs;
 pub mod safe_path;
+pub mod storage;
 pub mod summary;
 
 pub use lsn::{Lsn, LsnParseError};

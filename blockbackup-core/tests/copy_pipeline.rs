@@ -58,6 +58,11 @@ fn read_stored(path: &Path, compression: Compression) -> Vec<u8> {
     content
 }
 
+/// A local store rooted at `dir`, where the copy writes.
+fn local(dir: &Path) -> std::sync::Arc<dyn blockbackup_core::storage::Storage> {
+    std::sync::Arc::new(blockbackup_core::storage::local::LocalStorage::new(dir))
+}
+
 fn keep_going(_: &CopyProgress) -> ControlFlow<()> {
     ControlFlow::Continue(())
 }
@@ -115,7 +120,9 @@ fn copies_a_tree(compression: Compression, threads: usize) {
     let (tasks, expected) = synthetic_tree(&source);
     let dest_dir = scratch.path().join("backups/A/pgdata");
     let options = CopyOptions {
-        dest_dir: dest_dir.clone(),
+        storage: local(&dest_dir),
+        prefix: String::new(),
+        replace: false,
         compression,
         level: 6,
         threads,
@@ -225,7 +232,9 @@ fn vanished_sources_are_skipped() {
         },
     ];
     let options = CopyOptions {
-        dest_dir: scratch.path().join("pgdata"),
+        storage: local(&scratch.path().join("pgdata")),
+        prefix: String::new(),
+        replace: false,
         compression: Compression::None,
         level: 1,
         threads: 2,
@@ -255,7 +264,9 @@ fn an_unwritable_destination_is_an_error_naming_it() {
         task(&source, "PG_VERSION", FileMethod::Whole),
     ];
     let options = CopyOptions {
-        dest_dir: dest_dir.clone(),
+        storage: local(&dest_dir),
+        prefix: String::new(),
+        replace: false,
         compression: Compression::Gzip,
         level: 1,
         threads: 1,
@@ -270,7 +281,9 @@ fn an_unwritable_destination_is_an_error_naming_it() {
 fn paths_must_stay_inside_the_destination() {
     let scratch = tempfile::tempdir().unwrap();
     let options = CopyOptions {
-        dest_dir: scratch.path().join("pgdata"),
+        storage: local(&scratch.path().join("pgdata")),
+        prefix: String::new(),
+        replace: false,
         compression: Compression::None,
         level: 1,
         threads: 1,
@@ -301,7 +314,9 @@ fn cancelling_stops_the_workers_and_removes_partial_files() {
     }
     let dest_dir = scratch.path().join("pgdata");
     let options = CopyOptions {
-        dest_dir: dest_dir.clone(),
+        storage: local(&dest_dir),
+        prefix: String::new(),
+        replace: false,
         compression: Compression::Gzip,
         level: 9,
         threads: 2,
@@ -389,7 +404,9 @@ fn page_checksums_are_checked_as_pages_are_read() {
         },
     ];
     let mut options = CopyOptions {
-        dest_dir: scratch.path().join("dest"),
+        storage: local(&scratch.path().join("dest")),
+        prefix: String::new(),
+        replace: false,
         compression: Compression::None,
         level: 6,
         threads: 2,
@@ -420,7 +437,7 @@ fn page_checksums_are_checked_as_pages_are_read() {
     assert_eq!(stored.len(), 3);
 
     options.page_checks = None;
-    options.dest_dir = scratch.path().join("dest2");
+    options.storage = local(&scratch.path().join("dest2"));
     let (_, stats) = copy_files(tasks, &options, &mut |_| ControlFlow::Continue(())).unwrap();
     assert!(stats.page_checksum_failures.is_empty());
 }

@@ -82,26 +82,28 @@ fn refuses_to_take_over_a_directory_in_use() {
 fn ids_are_timestamps_made_unique() {
     let (_scratch, repository) = new_repository();
     let start = 1_700_000_000_000_000;
-    let first = repository.new_backup_id(start, BackupMode::Full);
+    let first = repository.new_backup_id(start, BackupMode::Full).unwrap();
     assert_eq!(first, "20231114-221320F");
     repository
         .write_record(&record(&first, BackupMode::Full, None, start))
         .unwrap();
-    let second = repository.new_backup_id(start, BackupMode::Full);
+    let second = repository.new_backup_id(start, BackupMode::Full).unwrap();
     assert_eq!(second, "20231114-221320F-2");
     repository
         .write_record(&record(&second, BackupMode::Full, None, start))
         .unwrap();
     assert_eq!(
-        repository.new_backup_id(start, BackupMode::Full),
+        repository.new_backup_id(start, BackupMode::Full).unwrap(),
         "20231114-221320F-3"
     );
     assert_eq!(
-        repository.new_backup_id(start, BackupMode::Incremental),
+        repository
+            .new_backup_id(start, BackupMode::Incremental)
+            .unwrap(),
         "20231114-221320I"
     );
     assert_eq!(
-        repository.new_backup_id(start, BackupMode::Dump),
+        repository.new_backup_id(start, BackupMode::Dump).unwrap(),
         "20231114-221320D"
     );
 }
@@ -111,7 +113,6 @@ fn records_and_contents_round_trip() {
     let (_scratch, repository) = new_repository();
     let mut full = record("A", BackupMode::Full, None, 10);
     repository.write_record(&full).unwrap();
-    assert!(repository.data_dir("A").is_dir());
     assert!(repository.backup_dir("A").join("backup.json").is_file());
     assert!(!repository.root().join("backups/.creating-A").exists());
     assert_eq!(repository.read_record("A").unwrap(), full);
@@ -182,7 +183,10 @@ fn lists_by_start_time_and_reports_damaged_backups() {
             .map(|entry| entry.problem.clone())
             .unwrap_or_else(|| panic!("{id} not listed as damaged: {catalog:?}"))
     };
+    // An empty entry (a crash before the first record) is no backup.
     fs::create_dir_all(backups.join("D")).unwrap();
+    assert!(repository.list().unwrap().damaged.is_empty());
+    fs::create_dir_all(backups.join("D/pgdata")).unwrap();
     let problem = problem_of("D");
     assert!(
         problem.contains("backups/D/backup.json") && problem.contains("missing"),
@@ -221,26 +225,33 @@ fn the_lock_is_exclusive_until_dropped() {
 }
 
 #[test]
-fn removal_goes_through_a_deleting_name() {
+fn removal_goes_through_a_tombstone() {
     let (_scratch, repository) = new_repository();
     for id in ["A", "B"] {
         repository
             .write_record(&record(id, BackupMode::Full, None, 1))
             .unwrap();
+        fs::create_dir_all(repository.data_dir(id)).unwrap();
         fs::write(repository.data_dir(id).join("PG_VERSION"), b"15\n").unwrap();
     }
-    // Left by an interrupted delete.
-    let leftover = repository.root().join("backups/.deleting-Z/pgdata/base");
-    fs::create_dir_all(&leftover).unwrap();
     repository.remove_backup("A").unwrap();
     assert!(!repository.backup_dir("A").exists());
-    assert!(!repository.root().join("backups/.deleting-A").exists());
-    assert!(!repository.root().join("backups/.deleting-Z").exists());
     assert_eq!(repository.list().unwrap().records.len(), 1);
     assert!(matches!(
         repository.remove_backup("A"),
         Err(RepositoryError::BackupNotFound { .. })
     ));
+
+    // A removal cut off after its tombstone: listings skip the backup,
+    // and the next upkeep finishes it.
+    fs::write(repository.backup_dir("B").join("deleting"), b"").unwrap();
+    assert!(repository.list().unwrap().records.is_empty());
+    // What earlier releases left behind goes too.
+    let leftover = repository.root().join("backups/.deleting-Z/pgdata/base");
+    fs::create_dir_all(&leftover).unwrap();
+    repository.remove_abandoned().unwrap();
+    assert!(!repository.backup_dir("B").exists());
+    assert!(!repository.root().join("backups/.deleting-Z").exists());
 }
 
 #[test]
@@ -412,7 +423,7 @@ fn a_dump_holds_its_running_lock_until_dropped_and_is_not_restorable() {
     let lock2 = repository.create_backup(&mut second).unwrap();
     assert_eq!(first.backup_id, "20231114-221320D");
     assert_eq!(second.backup_id, "20231114-221320D-2");
-    assert!(repository.dump_dir(&first.backup_id).is_dir());
+    assert!(repository.dump_dir(&first.backup_id).unwrap().is_dir());
     assert!(!repository.data_dir(&first.backup_id).exists());
     assert!(repository.is_dump_running(&first.backup_id).unwrap());
     drop(lock);

@@ -40,6 +40,7 @@ fn stored_backup(
     record.end_time_us = Some(start + 1);
     repository.write_record(&record).unwrap();
     let content = b"15\n";
+    fs::create_dir_all(repository.data_dir(id)).unwrap();
     fs::write(repository.data_dir(id).join("PG_VERSION"), content).unwrap();
     let contents = BackupContents {
         files: vec![StoredFile {
@@ -148,11 +149,12 @@ fn a_creation_in_progress_is_not_cleared() {
     let (_scratch, repository) = new_repository();
     let building = repository.root().join("backups/.creating-X");
     fs::create_dir_all(&building).unwrap();
+    fs::create_dir_all(repository.root().join("locks")).unwrap();
     let create_lock = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(repository.root().join("create.lock"))
+        .open(repository.root().join("locks/create.lock"))
         .unwrap();
     create_lock.lock().unwrap();
     let lock = repository.lock().unwrap();

@@ -30,6 +30,10 @@ use super::agent_table::{now_us, AgentSlot, AgentState, DumpAgentTable};
 use crate::backup::pg_backup_functions;
 use crate::{shared_state, timeline};
 
+/// pg_dump writes its output by itself, so it needs a directory here.
+const LOCAL_ONLY: &str =
+    "dump agents need a repository in a local directory: pg_dump writes its output there";
+
 /// How long pg_dump gets to leave after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const POLL_INTERVAL_MS: i64 = 100;
@@ -97,7 +101,10 @@ impl Agent {
             }
         };
         let backup_id = record.backup_id.clone();
-        let log = repo.dump_log(&backup_id);
+        let Some(log) = repo.dump_log(&backup_id) else {
+            self.table.fail(self.index, self.id, LOCAL_ONLY);
+            return;
+        };
         let output_text = output.to_string_lossy().into_owned();
         self.table.update(self.index, self.id, true, |slot| {
             slot.state = AgentState::Running;
@@ -168,7 +175,10 @@ impl Agent {
             .create_backup(&mut record)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "the repository did not lock the new dump".to_owned())?;
-        let output = repo.dump_dir(&record.backup_id).join(format.output_name());
+        let output = repo
+            .dump_dir(&record.backup_id)
+            .ok_or_else(|| LOCAL_ONLY.to_owned())?
+            .join(format.output_name());
         Ok((repo, record, output, running))
     }
 
@@ -234,7 +244,9 @@ impl Agent {
 
     /// Checksums what pg_dump wrote and records the dump DONE.
     fn record_output(&self, repo: &Repository, record: &mut BackupRecord) -> Result<(), String> {
-        let dump_dir = repo.dump_dir(&record.backup_id);
+        let dump_dir = repo
+            .dump_dir(&record.backup_id)
+            .ok_or_else(|| LOCAL_ONLY.to_owned())?;
         let output_name = record
             .dump
             .as_ref()

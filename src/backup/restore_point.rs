@@ -8,10 +8,10 @@
 //! it. So this creates the restore point (`pg_create_restore_point`),
 //! flushes it, and stores the WAL from the backup's stop segment through
 //! the restore point's segment in the backup, replacing the stop segment
-//! (copied when it was only partly written) with its newer content. The
-//! segments are copied to a staging directory and renamed into place, and
-//! the catalog is updated last, so a failure leaves the backup as it was
-//! or with a stop segment that holds more valid WAL, never less.
+//! (copied when it was only partly written) with its newer content, then
+//! switches WAL segment so that a record starts right after the restore
+//! point in what is stored. Each segment replaces the stored one at once
+//! (the store's atomic replace), and the catalog is updated last.
 
 use std::ops::ControlFlow;
 
@@ -20,7 +20,7 @@ use blockbackup_core::civil_time::unix_now_us as now_us;
 use blockbackup_core::repository::catalog::{
     BackupMode, BackupRecord, RestorePoint, MAX_RESTORE_POINT_NAME_BYTES,
 };
-use blockbackup_core::repository::{validate_backup_id, Repository};
+use blockbackup_core::repository::validate_backup_id;
 use blockbackup_core::Lsn;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
@@ -31,8 +31,6 @@ use super::take::interrupt_pending;
 use super::wal_copy::wal_tasks;
 use crate::sql_types::PgLsn;
 use crate::{errors, timeline};
-
-const STAGING_DIR: &str = ".restore-point-staging";
 
 pub struct CreatedRestorePoint {
     pub backup_id: String,
@@ -67,10 +65,17 @@ pub fn create(name: &str, backup_id: Option<&str>) -> CreatedRestorePoint {
     let last = Lsn(switch_end.0.saturating_sub(1));
     let tasks = wal_tasks(&history, tli, stop, last);
     let expected: Vec<String> = tasks.iter().map(|task| task.path.clone()).collect();
-    let staging = repo.backup_dir(&record.backup_id).join(STAGING_DIR);
-    let _ = std::fs::remove_dir_all(&staging);
+    // A restore reading this backup would find its WAL changed under it.
+    let _no_readers = repo
+        .lock_out_readers(&record.backup_id)
+        .unwrap_or_else(|e| errors::repository(e));
+    // Each segment replaces the backup's at once when written (its stop
+    // segment, copied when it was only partly written, gets its newer
+    // content): a failure leaves each as it was or with more valid WAL.
     let options = CopyOptions {
-        dest_dir: staging.clone(),
+        storage: repo.storage().clone(),
+        prefix: repo.data_prefix(&record.backup_id),
+        replace: true,
         compression: record.compression,
         level: record
             .compression_level
@@ -86,7 +91,6 @@ pub fn create(name: &str, backup_id: Option<&str>) -> CreatedRestorePoint {
         }
     };
     let (stored, _) = copy_files(tasks, &options, &mut poll).unwrap_or_else(|e| {
-        let _ = std::fs::remove_dir_all(&staging);
         pg_sys::check_for_interrupts!();
         errors::backup_copy(e)
     });
@@ -94,19 +98,10 @@ pub fn create(name: &str, backup_id: Option<&str>) -> CreatedRestorePoint {
         .iter()
         .find(|path| !stored.iter().any(|f| &f.path == *path))
     {
-        let _ = std::fs::remove_dir_all(&staging);
         errors::backup_failed(format!(
             "WAL segment {missing} was removed while it was being copied"
         ));
     }
-    // A restore reading this backup would find its WAL changed under it.
-    let _no_readers = repo
-        .lock_out_readers(&record.backup_id)
-        .unwrap_or_else(|e| {
-            let _ = std::fs::remove_dir_all(&staging);
-            errors::repository(e)
-        });
-    install_segments(&repo, &record, &stored, &staging);
 
     let mut contents = repo
         .read_contents(&record.backup_id)
@@ -198,31 +193,4 @@ fn create_server_restore_point(name: &str) -> (Lsn, Lsn) {
         end.max(lsn.0)
     };
     (lsn, Lsn(switch_end))
-}
-
-/// Renames the staged segments over the backup's, then syncs the directory.
-fn install_segments(
-    repo: &Repository,
-    record: &BackupRecord,
-    stored: &[blockbackup_core::repository::catalog::StoredFile],
-    staging: &std::path::Path,
-) {
-    let suffix = record.compression.suffix();
-    let wal_dir = repo.data_dir(&record.backup_id).join("pg_wal");
-    for file in stored {
-        let name = format!("{}{suffix}", file.path);
-        let from = staging.join(&name);
-        let to = repo.data_dir(&record.backup_id).join(&name);
-        if let Err(error) = std::fs::rename(&from, &to) {
-            errors::backup_failed(format!(
-                "could not move \"{}\" into the backup: {error}",
-                from.display()
-            ));
-        }
-    }
-    let synced = std::fs::File::open(&wal_dir).and_then(|dir| dir.sync_all());
-    if let Err(error) = synced {
-        errors::backup_failed(format!("could not sync \"{}\": {error}", wal_dir.display()));
-    }
-    let _ = std::fs::remove_dir_all(staging);
 }

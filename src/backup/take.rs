@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use blockbackup_core::backup::copy::{
@@ -25,8 +25,8 @@ use blockbackup_core::repository::catalog::{
     BackupContents, BackupMode, BackupRecord, BackupStatus, Compression, StoredFile, StoredKind,
     TablespaceEntry,
 };
-use blockbackup_core::repository::Repository;
-use blockbackup_core::{write_file_durably, BlockMap, Lsn, TimelineSpan};
+use blockbackup_core::repository::{Repository, RepositoryError};
+use blockbackup_core::{BlockMap, Lsn, TimelineSpan};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -116,7 +116,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     repo.create_backup(&mut record)
         .unwrap_or_else(|e| errors::repository(e));
     let backup_id = record.backup_id.clone();
-    guard.record = Some((repo.root().to_path_buf(), record.clone()));
+    guard.record = Some((repo.clone(), record.clone()));
 
     let progress = shared_state::backup_progress().claim(&backup_id);
     // As pg_basebackup: with data checksums, every relation page read is
@@ -127,7 +127,9 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         segment_blocks: pg_sys::RELSEG_SIZE,
     });
     let copy_options = CopyOptions {
-        dest_dir: repo.data_dir(&backup_id),
+        storage: repo.storage().clone(),
+        prefix: repo.data_prefix(&backup_id),
+        replace: false,
         compression: request.compression,
         level: request.level,
         threads: request.threads,
@@ -158,9 +160,16 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     progress.phase(Phase::Stopping);
     let stop = pg_backup_functions::stop(false);
     guard.backup_stopped = true;
+    if let Some(wal) = copier.wal.as_mut() {
+        wal.stopped_at(stop.stop_lsn);
+    }
     record.stop_lsn = Some(stop.stop_lsn);
     record.tablespaces = parse_tablespace_map(&stop.spcmapfile);
-    let staging = repo.backup_dir(&backup_id).join("staging");
+    // Staged in the extension's own directory of the data directory, which
+    // backups leave out: the copy reads files from this host's disk.
+    let staging = data_directory()
+        .join("pg_blockbackup")
+        .join(format!("staging-{}", unsafe { pg_sys::MyProcPid }));
     let mut label_files = vec![staged_file(&staging, "backup_label", &stop.labelfile)];
     if !stop.spcmapfile.is_empty() {
         label_files.push(staged_file(&staging, "tablespace_map", &stop.spcmapfile));
@@ -176,16 +185,14 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
     );
     let _ = std::fs::remove_dir_all(&staging);
     let Copier {
-        options: copy_options,
-        mut stored,
-        stats,
-        ..
+        mut stored, stats, ..
     } = copier;
 
     progress.phase(Phase::Finishing);
     stored.sort_by(|a, b| a.path.cmp(&b.path));
     write_manifest(
-        &copy_options.dest_dir,
+        &repo,
+        &backup_id,
         &stored,
         timeline,
         start_lsn,
@@ -211,7 +218,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
 /// Marks the backup ERROR and ends the server-side backup if anything
 /// raises before the backup is recorded DONE.
 struct AbortOnError {
-    record: Option<(PathBuf, BackupRecord)>,
+    record: Option<(Repository, BackupRecord)>,
     backup_stopped: bool,
     armed: bool,
 }
@@ -240,19 +247,17 @@ impl Drop for AbortOnError {
             // safe while the error unwinds.
             pg_backup_functions::abort();
         }
-        if let Some((root, mut record)) = self.record.take() {
+        if let Some((repo, mut record)) = self.record.take() {
             record.status = BackupStatus::Error;
             record.end_time_us = Some(now_us());
             record.error = Some(
                 "the backup failed or was cancelled (see the server log); its partial files were removed"
                     .into(),
             );
-            if let Ok(repo) = Repository::open(&root) {
-                // Space first: the failure may be a full disk. Best effort,
-                // as the next call that takes the lock removes them too.
-                let _ = repo.remove_leftovers(&record.backup_id, true);
-                let _ = repo.write_record(&record);
-            }
+            // Space first: the failure may be a full disk. Best effort,
+            // as the next call that takes the lock removes them too.
+            let _ = repo.remove_leftovers(&record.backup_id, true);
+            let _ = repo.write_record(&record);
         }
     }
 }
@@ -327,7 +332,7 @@ fn plan_copy(
             pg_sys::RELSEG_SIZE,
         );
         let kind = match method {
-            FileMethod::Whole => StoredKind::Whole,
+            FileMethod::Whole | FileMethod::Head(_) => StoredKind::Whole,
             FileMethod::Incremental(_) => StoredKind::Incremental,
         };
         CopyTask {
@@ -466,8 +471,14 @@ pub(crate) fn interrupt_pending() -> bool {
 }
 
 fn staged_file(staging: &Path, name: &str, content: &str) -> CopyTask {
-    write_file_durably(staging, name, content.as_bytes())
-        .unwrap_or_else(|e| errors::repository(e.into()));
+    std::fs::create_dir_all(staging)
+        .and_then(|()| std::fs::write(staging.join(name), content))
+        .unwrap_or_else(|e| {
+            errors::backup_failed(format!(
+                "could not stage {name} in \"{}\": {e}",
+                staging.display()
+            ))
+        });
     CopyTask {
         source: staging.join(name),
         path: name.to_string(),
@@ -479,7 +490,14 @@ fn staged_file(staging: &Path, name: &str, content: &str) -> CopyTask {
 
 /// PostgreSQL's backup_manifest for the stored image, so that
 /// pg_verifybackup can check an uncompressed backup directly.
-fn write_manifest(image: &Path, stored: &[StoredFile], timeline: u32, start: Lsn, stop: Lsn) {
+fn write_manifest(
+    repo: &Repository,
+    backup_id: &str,
+    stored: &[StoredFile],
+    timeline: u32,
+    start: Lsn,
+    stop: Lsn,
+) {
     let files: Vec<ManifestFile> = stored
         .iter()
         .filter(|f| f.kind != StoredKind::Wal)
@@ -498,8 +516,15 @@ fn write_manifest(image: &Path, stored: &[StoredFile], timeline: u32, start: Lsn
             end_lsn: stop,
         }],
     );
-    write_file_durably(image, "backup_manifest", &manifest)
-        .unwrap_or_else(|e| errors::repository(e.into()));
+    let path = blockbackup_core::storage::join(&repo.data_prefix(backup_id), "backup_manifest");
+    repo.storage()
+        .put(&path, &manifest)
+        .unwrap_or_else(|source| {
+            errors::repository(RepositoryError::Io {
+                path: repo.path_of(&path),
+                source,
+            })
+        });
 }
 
 /// `<oid> <location>` lines as pg_backup_stop writes them (a backslash

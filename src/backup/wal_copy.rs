@@ -6,7 +6,9 @@
 //! slot then lets it go. So the slot never holds more than about one
 //! segment plus the one being written, however much WAL the backup's run
 //! sees, and `max_slot_wal_keep_size` cannot cut a backup off; the last,
-//! unfinished segments are copied after `pg_backup_stop`.
+//! unfinished segments are copied after `pg_backup_stop`, and of the one
+//! holding the stop LSN only the part up to it (PostgreSQL's own tools
+//! store the whole 16 MB; a restore pads it back with zeros).
 
 use std::ops::ControlFlow;
 
@@ -20,11 +22,18 @@ use super::wal_hold::WalHold;
 use crate::errors;
 use crate::server_paths::data_directory;
 
+/// Room for the switch record after the stop LSN (its header and
+/// payload, maxaligned, and a page header should it start a new page).
+const SWITCH_RECORD_ROOM: u64 = 64;
+
 pub struct WalCopy {
     timeline: u32,
     segment_size: u64,
     /// The first segment not copied yet.
     next_segment: u64,
+    /// Once the backup stopped: the segment holding its stop LSN, which
+    /// `finish` copies (in part), not `copy_finished`.
+    stop_segment: Option<u64>,
     stored: Vec<StoredFile>,
     stats: CopyStats,
 }
@@ -37,9 +46,16 @@ impl WalCopy {
             timeline,
             segment_size,
             next_segment: start.0 / segment_size,
+            stop_segment: None,
             stored: Vec::new(),
             stats: CopyStats::default(),
         }
+    }
+
+    /// The backup stopped at `stop`: the segment holding it is left for
+    /// [`WalCopy::finish`], which stores only the part it needs.
+    pub fn stopped_at(&mut self, stop: Lsn) {
+        self.stop_segment = Some(stop.0 / self.segment_size);
     }
 
     /// Copies every segment the server has finished since the last call,
@@ -52,7 +68,9 @@ impl WalCopy {
         let finished = finished_position();
         let mut tasks = Vec::new();
         let mut segment = self.next_segment;
-        while (segment + 1) * self.segment_size <= finished.0 {
+        while (segment + 1) * self.segment_size <= finished.0
+            && self.stop_segment.is_none_or(|stop| segment < stop)
+        {
             tasks.push(segment_task(self.timeline, segment, self.segment_size)?);
             segment += 1;
         }
@@ -75,9 +93,22 @@ impl WalCopy {
         poll: &mut dyn FnMut() -> ControlFlow<()>,
     ) -> Result<(Vec<StoredFile>, CopyStats), CopyError> {
         check_timeline(history, self.timeline, stop);
-        let tasks = (self.next_segment..=last_segment(self.timeline, stop, self.segment_size))
+        let last = last_segment(self.timeline, stop, self.segment_size);
+        let mut tasks = (self.next_segment..=last)
             .map(|segment| segment_task(self.timeline, segment, self.segment_size))
             .collect::<Result<Vec<CopyTask>, CopyError>>()?;
+        // Of the segment holding the stop LSN, only the part the backup
+        // needs: up to the end of the WAL page after the record that
+        // starts at the stop LSN (pg_backup_stop's switch to a new
+        // segment), so that recovery to exactly the stop LSN finds it.
+        if last == stop.0 / self.segment_size {
+            if let Some(task) = tasks.last_mut() {
+                let page = u64::from(pg_sys::XLOG_BLCKSZ);
+                let needed =
+                    (stop.0 % self.segment_size + SWITCH_RECORD_ROOM).next_multiple_of(page);
+                task.method = FileMethod::Head(needed.min(self.segment_size));
+            }
+        }
         let expected = tasks.len();
         let (files, stats) = copy_files(tasks, options, &mut |_| poll())?;
         missing_segment_check(expected, &files)?;

@@ -15,12 +15,13 @@
 //!
 //! Each file is streamed in bounded chunks, its CRC-32C computed over the
 //! content (the uncompressed bytes, which is what restore checks after
-//! decompressing), optionally gzip-compressed and written, and the kernel
-//! is asked to start writing it back at once. When every file is written,
-//! every file is fsync'ed, then the directories holding them, in parallel
-//! too, so that the files and their directory entries survive a crash. (As
-//! PostgreSQL's own fsync of a data directory: a thousand small files
-//! fsync'ed one by one as they are written cost a disk round trip each.)
+//! decompressing) and over the bytes stored, compressed with the backup's
+//! codec and written through the storage seam. When every file is
+//! written, every file is synced, then their names, in parallel too, so
+//! that the files and their names survive a crash (as PostgreSQL syncs a
+//! data directory: a thousand small files synced one by one as they are
+//! written would cost a disk round trip each). With `replace`, each file
+//! instead replaces the one stored under its name at once when written.
 //!
 //! Files change while they are copied, and that is fine: WAL replay from
 //! the backup's start repairs any torn or stale block. So a file that
@@ -39,9 +40,8 @@
 //! being written is removed, and the error names it. The caller marks the
 //! backup ERROR anyway, so finished files are left for its removal.
 
-use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -61,11 +61,11 @@ use crate::content_checksum::{Tallied, Tally};
 use crate::lsn::Lsn;
 use crate::repository::catalog::{Compression, StoredFile, StoredKind};
 use crate::safe_path::safe_relative_path;
+use crate::storage::{join, Storage, StoredWriter};
 
 /// Bytes read or written at a time; also how often a worker looks at the
 /// stop flag.
 const CHUNK_BYTES: usize = 1024 * 1024;
-const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// `poll` runs at least this often (plus the time one call of it takes).
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -82,10 +82,15 @@ pub struct CopyTask {
     pub mtime: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct CopyOptions {
-    /// The backup's data directory image, `backups/<id>/pgdata`.
-    pub dest_dir: PathBuf,
+    /// Where the files go: the store, and the prefix there of the backup's
+    /// data directory image (`backups/<id>/pgdata`).
+    pub storage: Arc<dyn Storage>,
+    pub prefix: String,
+    /// Replace files already there, each at once when written (a restore
+    /// point completing a WAL segment), instead of writing new ones.
+    pub replace: bool,
     pub compression: Compression,
     /// 0 to 9; higher values are taken as 9.
     /// The codec's level (clamped into its range).
@@ -186,6 +191,9 @@ pub fn copy_files(
     for task in tasks {
         let estimate = match &task.method {
             FileMethod::Whole => fs::metadata(&task.source).map_or(0, |metadata| metadata.len()),
+            FileMethod::Head(limit) => fs::metadata(&task.source)
+                .map_or(0, |metadata| metadata.len())
+                .min(*limit),
             FileMethod::Incremental(header) => {
                 header.blocks.len() as u64 * u64::from(header.block_size)
             }
@@ -232,34 +240,26 @@ pub fn copy_files(
     )?;
 
     // Make the files durable: most of their data is on its way already.
-    let written: Vec<PathBuf> = stored
-        .iter()
-        .map(|file| {
-            options
-                .dest_dir
-                .join(stored_name(&file.path, options.compression))
-        })
-        .collect();
-    sync_all(&written, options.threads, &progress, poll)?;
-
-    // The files are durable; now their directory entries, up to the
-    // backup directory that holds the image.
-    let mut directories = BTreeSet::new();
-    for path in &written {
-        let mut current = path.as_path();
-        while let Some(parent) = current.parent() {
-            if !directories.insert(parent.to_owned()) || parent == options.dest_dir {
-                break;
-            }
-            current = parent;
-        }
+    // Replaced files were, each as it was renamed into place.
+    if !options.replace {
+        let written: Vec<String> = stored
+            .iter()
+            .map(|file| {
+                join(
+                    &options.prefix,
+                    &stored_name(&file.path, options.compression),
+                )
+            })
+            .collect();
+        sync_all(&written, options, &progress, poll)?;
+        // The files are durable; now their names.
+        options
+            .storage
+            .sync_parents(&written, options.threads)
+            .map_err(write_error(
+                &PathBuf::from(options.storage.describe()).join(&options.prefix),
+            ))?;
     }
-    directories.insert(options.dest_dir.clone());
-    if let Some(parent) = options.dest_dir.parent() {
-        directories.insert(parent.to_owned());
-    }
-    let directories: Vec<PathBuf> = directories.into_iter().collect();
-    sync_all(&directories, options.threads, &progress, poll)?;
     if poll(&progress.snapshot()).is_break() {
         return Err(CopyError::Cancelled);
     }
@@ -289,25 +289,31 @@ impl SharedProgress {
     }
 }
 
-/// fsyncs every file or directory of `paths`, on `threads` threads.
+/// fsyncs every file of `paths`, on `options.threads` threads.
 fn sync_all(
-    paths: &[PathBuf],
-    threads: usize,
+    paths: &[String],
+    options: &CopyOptions,
     progress: &SharedProgress,
     poll: &mut dyn FnMut(&CopyProgress) -> ControlFlow<()>,
 ) -> Result<(), CopyError> {
     run_pool(
         paths,
-        threads,
+        options.threads,
         progress,
         |path, _| {
-            File::open(path)
-                .and_then(|handle| handle.sync_all())
-                .map_err(write_error(path))
+            options
+                .storage
+                .sync_file(path)
+                .map_err(write_error(&shown(options, path)))
         },
         |()| {},
         poll,
     )
+}
+
+/// A stored path in messages.
+fn shown(options: &CopyOptions, path: &str) -> PathBuf {
+    PathBuf::from(options.storage.describe()).join(path)
 }
 
 /// Runs `work` over `items` on `threads` scoped threads, in order of the
@@ -467,26 +473,37 @@ fn copy_one(
         Err(error) => return Err(read_error(&task.source)(error)),
     };
     let stored_path = match &task.method {
-        FileMethod::Whole => task.path.clone(),
+        FileMethod::Whole | FileMethod::Head(_) => task.path.clone(),
         FileMethod::Incremental(_) => incremental_path(&task.path),
     };
-    let dest = options
-        .dest_dir
-        .join(stored_name(&stored_path, options.compression));
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(write_error(parent))?;
+    let name = join(
+        &options.prefix,
+        &stored_name(&stored_path, options.compression),
+    );
+    let dest = shown(options, &name);
+    let file = if options.replace {
+        options.storage.replace(&name)
+    } else {
+        options.storage.create(&name)
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&dest)
-        .map_err(write_error(&dest))?;
+    .map_err(write_error(&dest))?;
     let mut sink =
         Sink::new(file, options.compression, options.level).map_err(write_error(&dest))?;
     let pages = PageScan::for_task(task, options);
     let copied = match &task.method {
-        FileMethod::Whole => copy_whole(&source, task, pages, &mut sink, &dest, progress, stop),
+        FileMethod::Whole => copy_whole(
+            &source,
+            task,
+            u64::MAX,
+            pages,
+            &mut sink,
+            &dest,
+            progress,
+            stop,
+        ),
+        FileMethod::Head(limit) => copy_whole(
+            &source, task, *limit, pages, &mut sink, &dest, progress, stop,
+        ),
         FileMethod::Incremental(header) => copy_blocks(
             &source, task, header, pages, &mut sink, &dest, progress, stop,
         ),
@@ -509,24 +526,34 @@ fn copy_one(
             copied,
         ))),
         Err(error) => {
-            // Best effort: the error that matters is the one returned.
-            let _ = fs::remove_file(&dest);
+            // Best effort: the error that matters is the one returned. (A
+            // file being replaced was not touched: its writer was dropped.)
+            if !options.replace {
+                let _ = options.storage.remove(&name);
+            }
             Err(error)
         }
     }
 }
 
-/// Streams the source up to the length it had when opened.
+/// Streams the source up to the length it had when opened, at most
+/// `limit` bytes.
+#[allow(clippy::too_many_arguments)]
 fn copy_whole(
     source: &File,
     task: &CopyTask,
+    limit: u64,
     pages: Option<PageScan>,
     sink: &mut Sink,
     dest: &Path,
     progress: &SharedProgress,
     stop: &AtomicBool,
 ) -> Result<Copied, CopyError> {
-    let mut remaining = source.metadata().map_err(read_error(&task.source))?.len();
+    let mut remaining = source
+        .metadata()
+        .map_err(read_error(&task.source))?
+        .len()
+        .min(limit);
     let mut buffer = vec![0u8; CHUNK_BYTES];
     let mut crc = 0u32;
     let mut size = 0u64;
@@ -646,16 +673,16 @@ fn read_at_most(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize
     Ok(filled)
 }
 
-/// Where file content goes: the destination file, through the codec, with
-/// the size and CRC-32C of the bytes stored.
+/// Where file content goes: the stored file, through the codec, with the
+/// size and CRC-32C of the bytes stored.
 struct Sink {
-    encoder: Encoder<Tallied<BufWriter<File>>>,
+    encoder: Encoder<Tallied<Box<dyn StoredWriter>>>,
     stored: Arc<Tally>,
 }
 
 impl Sink {
-    fn new(file: File, compression: Compression, level: i32) -> io::Result<Self> {
-        let (tallied, stored) = Tallied::new(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file));
+    fn new(file: Box<dyn StoredWriter>, compression: Compression, level: i32) -> io::Result<Self> {
+        let (tallied, stored) = Tallied::new(file);
         Ok(Sink {
             encoder: compression.encoder(tallied, level)?,
             stored,
@@ -666,29 +693,11 @@ impl Sink {
         self.encoder.write_all(data)
     }
 
-    /// Writes everything out, starts its writeback and returns the size
-    /// and CRC-32C of what was stored; `copy_files` fsyncs the file once
-    /// all are written.
+    /// Writes everything out and returns the size and CRC-32C of what was
+    /// stored; `copy_files` syncs the file once all are written.
     fn finish(self) -> io::Result<(u64, u32)> {
         let tallied = self.encoder.finish()?;
-        let file = tallied
-            .inner
-            .into_inner()
-            .map_err(|error| error.into_error())?;
-        start_writeback(&file);
+        tallied.inner.finish()?;
         Ok(self.stored.result())
     }
 }
-
-/// Asks the kernel to start writing the file's dirty pages now, without
-/// waiting for them, so that the fsync that follows finds the work done.
-/// Only a hint: an error here shows again in that fsync.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid open descriptor; the call only reads its arguments.
-    unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File) {}

@@ -137,6 +137,10 @@ pub enum FileMethod {
     Whole,
     /// Only the listed blocks, as an `INCREMENTAL.` file.
     Incremental(IncrementalHeader),
+    /// The first bytes only, at most this many: the part of a backup's
+    /// last WAL segment that it needs (restore pads the rest with zeros,
+    /// which recovery reads as the end of WAL).
+    Head(u64),
 }
 
 /// Lists what a backup of `data_dir` copies: the directories to create

@@ -47,15 +47,25 @@ use crate::repository::catalog::{
 };
 use crate::repository::Repository;
 use crate::restore::target::DestinationError;
-use crate::safe_fs::{is_not_regular, open_regular_beneath};
+use crate::safe_fs::is_not_regular;
+use crate::storage::{join, Storage};
 
 /// One backup of a chain, as restore reads it.
 #[derive(Clone, Debug)]
 pub struct ChainMember<'a> {
     pub record: &'a BackupRecord,
-    /// The backup's data directory image, `backups/<id>/pgdata`.
-    pub data_dir: PathBuf,
+    /// Where its files are: the store and the prefix of its data directory
+    /// image there (`backups/<id>/pgdata`).
+    pub storage: Arc<dyn Storage>,
+    pub prefix: String,
     pub contents: &'a BackupContents,
+}
+
+impl ChainMember<'_> {
+    /// A stored file's name in messages.
+    fn shown(&self, stored_name: &str) -> PathBuf {
+        PathBuf::from(self.storage.describe()).join(join(&self.prefix, stored_name))
+    }
 }
 
 /// The chain members of `records` (oldest first) and their `contents`, as
@@ -70,7 +80,8 @@ pub fn chain_members<'a>(
         .zip(contents)
         .map(|(record, contents)| ChainMember {
             record,
-            data_dir: repository.data_dir(&record.backup_id),
+            storage: repository.storage().clone(),
+            prefix: repository.data_prefix(&record.backup_id),
             contents,
         })
         .collect()
@@ -257,9 +268,11 @@ impl<'a> Source<'a> {
         let compression = member.record.compression;
         let compressed = compression != Compression::None;
         let stored_name = compression.stored_name(&file.path);
-        let disk_path = member.data_dir.join(&stored_name);
-        let handle =
-            open_regular_beneath(&member.data_dir, Path::new(&stored_name)).map_err(|source| {
+        let disk_path = member.shown(&stored_name);
+        let handle = member
+            .storage
+            .open(&join(&member.prefix, &stored_name))
+            .map_err(|source| {
                 if source.kind() == io::ErrorKind::NotFound {
                     RestoreError::MissingFile {
                         backup_id: member.record.backup_id.clone(),

@@ -144,6 +144,9 @@ struct Task {
     mtime: i64,
     /// Expected size (exact for whole files).
     estimate: u64,
+    /// The size to pad it to with zeros: a WAL segment of which the backup
+    /// stored only the part it needs is restored whole (0: no padding).
+    pad_to: u64,
 }
 
 /// Where a tablespace goes: `None` in place under the target.
@@ -327,10 +330,17 @@ fn plan_files(index: &ChainIndex<'_, '_>) -> Result<Vec<Task>, RestoreError> {
                 .unwrap_or(stored.size),
             StoredKind::Whole | StoredKind::Wal => stored.size,
         };
+        let segment_size = u64::from(chain[newest].record.wal_segment_size);
+        let pad_to = if stored.kind == StoredKind::Wal && stored.size < segment_size {
+            segment_size
+        } else {
+            0
+        };
         tasks.push(Task {
             path,
             mtime: stored.mtime,
-            estimate,
+            estimate: estimate.max(pad_to),
+            pad_to,
         });
     }
     if !seen.contains(PG_VERSION) {
@@ -695,6 +705,7 @@ fn restore_into(
             path: task.path.clone(),
             mtime: task.mtime,
             estimate: task.estimate,
+            pad_to: task.pad_to,
         })
         .collect();
     let shared = Shared {
@@ -848,7 +859,7 @@ fn worker(
                 shared.files_done.fetch_add(1, Ordering::Relaxed);
                 shared
                     .bytes_total
-                    .fetch_add(written.size, Ordering::Relaxed);
+                    .fetch_add(written.size.max(task.pad_to), Ordering::Relaxed);
                 shared
                     .bytes_total
                     .fetch_sub(task.estimate, Ordering::Relaxed);
@@ -883,8 +894,17 @@ fn restore_file(
     let mut out = CrcWriter::new(BufWriter::with_capacity(256 * 1024, counted));
     reconstruct_into(index, &task.path, &mut out, &path)?;
     let result = out.result();
-    let counted = out
-        .inner
+    let mut buffered = out.inner;
+    if result.size < task.pad_to {
+        let zeros = vec![0u8; 64 * 1024];
+        let mut left = task.pad_to - result.size;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            buffered.write_all(&zeros[..n]).map_err(io_error(&path))?;
+            left -= n as u64;
+        }
+    }
+    let counted = buffered
         .into_inner()
         .map_err(|e| io_error(&path)(e.into_error()))?;
     counted.file.sync_all().map_err(io_error(&path))?;

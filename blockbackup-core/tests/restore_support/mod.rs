@@ -14,6 +14,7 @@ use blockbackup_core::repository::catalog::{
     StoredKind,
 };
 use blockbackup_core::restore::ChainMember;
+use blockbackup_core::storage::local::LocalStorage;
 use blockbackup_core::Lsn;
 
 #[path = "../fixtures/mod.rs"]
@@ -145,10 +146,16 @@ pub fn write_backup(root: &Path, record: BackupRecord, files: Vec<Stored>) -> Ba
 pub fn chain(backups: &[Backup]) -> Vec<ChainMember<'_>> {
     backups
         .iter()
-        .map(|b| ChainMember {
-            record: &b.record,
-            data_dir: b.data_dir.clone(),
-            contents: &b.contents,
+        .map(|b| {
+            // The repository root is three levels above the image:
+            // <root>/backups/<id>/pgdata.
+            let root = b.data_dir.ancestors().nth(3).unwrap();
+            ChainMember {
+                record: &b.record,
+                storage: std::sync::Arc::new(LocalStorage::new(root)),
+                prefix: format!("backups/{}/pgdata", b.record.backup_id),
+                contents: &b.contents,
+            }
         })
         .collect()
 }
