@@ -95,23 +95,30 @@ pub fn max_slot_wal_keep_segments() -> Option<u64> {
     u64::try_from(megabytes).ok().map(|mb| mb / segment_mb)
 }
 
-/// Moves the restart_lsn of the slot this process holds forward to `lsn`.
+/// Moves the restart_lsn of the slot this process holds forward to `lsn`
+/// (never back).
 pub fn advance_held(lsn: Lsn) {
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        if !slot.is_null() && restart_lsn(slot) < lsn {
+            set_held_restart_lsn(lsn);
+        }
+    }
+}
+
+/// Sets the restart_lsn of the slot this process holds, and lets the
+/// server recompute how much WAL the slots need.
+pub fn set_held_restart_lsn(lsn: Lsn) {
     unsafe {
         let slot = pg_sys::MyReplicationSlot;
         if slot.is_null() {
             return;
         }
         pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-        let moved = (*slot).data.restart_lsn < lsn.0;
-        if moved {
-            (*slot).data.restart_lsn = lsn.0;
-        }
+        (*slot).data.restart_lsn = lsn.0;
         pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
-        if moved {
-            pg_sys::ReplicationSlotMarkDirty();
-            pg_sys::ReplicationSlotsComputeRequiredLSN();
-        }
+        pg_sys::ReplicationSlotMarkDirty();
+        pg_sys::ReplicationSlotsComputeRequiredLSN();
     }
 }
 

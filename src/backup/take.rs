@@ -20,10 +20,10 @@ use blockbackup_core::backup::incremental_file::restored_path;
 use blockbackup_core::backup::manifest::{render_manifest, ManifestFile, WalRange};
 use blockbackup_core::backup::page_checksum::PageChecksumFailure;
 use blockbackup_core::backup::plan::{choose_method, walk_data_directory, FileMethod, SourceFile};
+use blockbackup_core::backup::tablespace_map;
 use blockbackup_core::civil_time::unix_now_us as now_us;
 use blockbackup_core::repository::catalog::{
     BackupContents, BackupMode, BackupRecord, BackupStatus, Compression, StoredFile, StoredKind,
-    TablespaceEntry,
 };
 use blockbackup_core::repository::{Repository, RepositoryError};
 use blockbackup_core::{BlockMap, Lsn, TimelineSpan};
@@ -164,7 +164,7 @@ pub fn take_backup(request: TakeRequest) -> BackupRecord {
         wal.stopped_at(stop.stop_lsn);
     }
     record.stop_lsn = Some(stop.stop_lsn);
-    record.tablespaces = parse_tablespace_map(&stop.spcmapfile);
+    record.tablespaces = tablespace_map::parse(&stop.spcmapfile);
     // Staged in the extension's own directory of the data directory, which
     // backups leave out: the copy reads files from this host's disk.
     let staging = data_directory()
@@ -525,27 +525,4 @@ fn write_manifest(
                 source,
             })
         });
-}
-
-/// `<oid> <location>` lines as pg_backup_stop writes them (a backslash
-/// escapes the next character of the location).
-fn parse_tablespace_map(map: &str) -> Vec<TablespaceEntry> {
-    map.lines()
-        .filter_map(|line| {
-            let (oid, location) = line.split_once(' ')?;
-            let mut unescaped = String::new();
-            let mut chars = location.chars();
-            while let Some(c) = chars.next() {
-                unescaped.push(if c == '\\' {
-                    chars.next().unwrap_or('\\')
-                } else {
-                    c
-                });
-            }
-            Some(TablespaceEntry {
-                oid: oid.parse().ok()?,
-                location: unescaped,
-            })
-        })
-        .collect()
 }

@@ -34,17 +34,7 @@ pub fn acquire() -> Lsn {
 
 /// Lets the server remove WAL before `lsn`, which is summarized.
 pub fn move_restart_lsn(lsn: Lsn) {
-    unsafe {
-        let slot = pg_sys::MyReplicationSlot;
-        if slot.is_null() {
-            return;
-        }
-        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-        (*slot).data.restart_lsn = lsn.0;
-        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
-        pg_sys::ReplicationSlotMarkDirty();
-        pg_sys::ReplicationSlotsComputeRequiredLSN();
-    }
+    replication_slot::set_held_restart_lsn(lsn);
 }
 
 /// Releases and drops the slot, so that the server no longer keeps WAL for

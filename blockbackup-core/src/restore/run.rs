@@ -42,7 +42,6 @@ use std::collections::{BTreeSet, HashSet};
 use std::convert::Infallible;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::ControlFlow;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -50,6 +49,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::backup::incremental_file::restored_path;
 use crate::backup::manifest::{render_manifest, ManifestFile, WalRange};
+use crate::backup::tablespace_map;
 use crate::lsn::Lsn;
 use crate::repository::catalog::{BackupMode, BackupRecord, StoredKind};
 use crate::restore::conf_file::{quote_value, setting_lines};
@@ -780,12 +780,12 @@ fn restore_into(
     // Files restore writes itself.
     let now = unix_now();
     let tree = trees.target();
-    let mapped: Vec<(u32, &PathBuf)> = tablespaces
+    let mapped: Vec<(u32, &Path)> = tablespaces
         .iter()
-        .filter_map(|t| t.mapped.as_ref().map(|location| (t.oid, location)))
+        .filter_map(|t| t.mapped.as_deref().map(|location| (t.oid, location)))
         .collect();
     if !mapped.is_empty() {
-        let content = tablespace_map(&mapped);
+        let content = tablespace_map::render(&mapped);
         manifest.push(write_new_file(tree, TABLESPACE_MAP, &content, now)?);
     }
     let settings = recovery_settings(any_in_place, options)?;
@@ -933,24 +933,6 @@ impl Write for Counted<'_, '_> {
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
     }
-}
-
-/// `tablespace_map` as `pg_backup_stop` writes it: `<oid> <location>`
-/// lines, with newline, carriage return and backslash escaped by a
-/// backslash.
-fn tablespace_map(mapped: &[(u32, &PathBuf)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (oid, location) in mapped {
-        out.extend_from_slice(format!("{oid} ").as_bytes());
-        for &byte in location.as_os_str().as_bytes() {
-            if matches!(byte, b'\n' | b'\r' | b'\\') {
-                out.push(b'\\');
-            }
-            out.push(byte);
-        }
-        out.push(b'\n');
-    }
-    out
 }
 
 fn write_new_file(
