@@ -290,6 +290,10 @@ pub fn repository(error: RepositoryError) -> ! {
 pub fn restore(error: RestoreError) -> ! {
     use blockbackup_core::restore::target::DestinationError as D;
     use RestoreError as E;
+    let error = match error {
+        E::Repository(error) => repository(error),
+        error => error,
+    };
     let (code, hint) = match &error {
         E::Destination(D::OutsideConfinement { .. }) => (
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,

@@ -18,10 +18,9 @@ use std::process::ExitCode;
 
 use blockbackup_core::repository::catalog::BackupStatus;
 use blockbackup_core::repository::upkeep;
-use blockbackup_core::repository::{validate_backup_id, Repository};
-use blockbackup_core::restore::conf_file::configuration_directories;
-use blockbackup_core::restore::target::{DestinationRules, ForbiddenPlace};
-use blockbackup_core::restore::{chain_members, restore, RestoreOptions};
+use blockbackup_core::repository::Repository;
+use blockbackup_core::restore::target::{data_directory_places, DestinationRules, ForbiddenPlace};
+use blockbackup_core::restore::{restore_backup, RestoreOptions};
 use blockbackup_core::Lsn;
 
 const USAGE: &str = "usage:
@@ -76,7 +75,7 @@ fn run(args: &[String]) -> Result<(), String> {
         ["list"] => list(&repo),
         ["validate"] => validate(&repo, None),
         ["validate", id] => validate(&repo, Some(id)),
-        ["restore", id, target] => restore_backup(&repo, id, target, &options),
+        ["restore", id, target] => restore(&repo, id, target, &options),
         _ => Err(USAGE.to_string()),
     }
 }
@@ -151,45 +150,29 @@ fn validate(repo: &Repository, id: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-/// The repository, and with a data directory named, that directory, its
-/// tablespaces and the directories its configuration comes from: what
-/// restore_backup() keeps a restore away from on a running server.
+/// The repository, and with a data directory named, the places of that
+/// data directory: what restore_backup() keeps a restore away from on a
+/// running server.
 fn forbidden_places(repo: &Repository, pgdata: Option<&std::path::Path>) -> Vec<ForbiddenPlace> {
-    let mut places = vec![ForbiddenPlace::new(repo.root(), "the repository")];
-    let Some(pgdata) = pgdata else {
-        return places;
-    };
-    places.push(ForbiddenPlace::new(pgdata, "the data directory"));
-    if let Ok(entries) = std::fs::read_dir(pgdata.join("pg_tblspc")) {
-        for entry in entries.flatten() {
-            places.push(ForbiddenPlace::new(
-                &entry.path(),
-                "a tablespace of the data directory",
-            ));
-        }
-    }
     use blockbackup_core::restore::conf_file::Syntax::{Authentication, Settings};
-    let starts = [
-        (pgdata.join("postgresql.conf"), Settings),
-        (pgdata.join("pg_hba.conf"), Authentication),
-        (pgdata.join("pg_ident.conf"), Authentication),
-    ];
-    for dir in configuration_directories(&starts) {
-        places.push(ForbiddenPlace::new(
-            &dir,
-            "a directory its configuration comes from",
-        ));
+    let mut places = vec![ForbiddenPlace::new(repo.root(), "the repository")];
+    if let Some(pgdata) = pgdata {
+        let configuration = [
+            (pgdata.join("postgresql.conf"), Settings),
+            (pgdata.join("pg_hba.conf"), Authentication),
+            (pgdata.join("pg_ident.conf"), Authentication),
+        ];
+        places.extend(data_directory_places(pgdata, &configuration));
     }
     places
 }
 
-fn restore_backup(
+fn restore(
     repo: &Repository,
     id: &str,
     target: &str,
     options: &[(String, String)],
 ) -> Result<(), String> {
-    validate_backup_id(id).map_err(|e| e.to_string())?;
     // The same rules as restore_backup(): never into the repository
     // (which holds the backups; a directory in it would look like a broken
     // backup), always into an absolute, new or empty directory.
@@ -240,11 +223,10 @@ fn restore_backup(
             }
         }
     }
-    let (records, contents, _reading) =
-        repo.load_chain_for_restore(id).map_err(|e| e.to_string())?;
-    let chain = chain_members(repo, &records, &contents);
-    let stats = restore(&chain, &restore_options, &mut |_| ControlFlow::Continue(()))
-        .map_err(|e| e.to_string())?;
+    let stats = restore_backup(repo, id, &restore_options, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .map_err(|e| e.to_string())?;
     println!(
         "restored {id} into {target}: {} files, {} bytes",
         stats.files, stats.bytes

@@ -9,7 +9,7 @@ use blockbackup_core::repository::validate_backup_id;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-use crate::backup::restore::{restore_backup as restore, RestoreRequest};
+use crate::backup::restore::{restore, RestoreRequest};
 use crate::backup::take::{take_backup as take, RequestedMode, TakeRequest};
 use crate::backup::{repository_access, restore_point, session_backup};
 use crate::errors::required;

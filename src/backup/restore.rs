@@ -10,12 +10,12 @@ use std::ffi::CString;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use blockbackup_core::repository::{validate_backup_id, Repository};
+use blockbackup_core::repository::Repository;
 use blockbackup_core::restore::conf_file;
-use blockbackup_core::restore::target::{resolved, DestinationRules, ForbiddenPlace};
-use blockbackup_core::restore::{
-    chain_members, restore, RestoreOptions, RestoreProgress, RestoreStats,
+use blockbackup_core::restore::target::{
+    data_directory_places, resolved, DestinationRules, ForbiddenPlace,
 };
+use blockbackup_core::restore::{restore_backup, RestoreOptions, RestoreProgress, RestoreStats};
 use blockbackup_core::Lsn;
 use pgrx::pg_sys;
 
@@ -32,8 +32,7 @@ pub struct RestoreRequest {
     pub tablespace_mapping: Option<serde_json::Value>,
 }
 
-pub fn restore_backup(request: RestoreRequest) -> RestoreStats {
-    validate_backup_id(&request.backup_id).unwrap_or_else(|e| errors::repository(e));
+pub fn restore(request: RestoreRequest) -> RestoreStats {
     let repo = repository_access::open_for_writing();
     let rules = destination_rules(&repo);
     let mut tablespace_mapping = Vec::new();
@@ -55,10 +54,6 @@ pub fn restore_backup(request: RestoreRequest) -> RestoreStats {
         }
     }
 
-    let (records, contents, _reading) = repo
-        .load_chain_for_restore(&request.backup_id)
-        .unwrap_or_else(|e| errors::repository(e));
-    let chain = chain_members(&repo, &records, &contents);
     let options = RestoreOptions {
         target: PathBuf::from(&request.target),
         tablespace_mapping,
@@ -74,7 +69,7 @@ pub fn restore_backup(request: RestoreRequest) -> RestoreStats {
             ControlFlow::Continue(())
         }
     };
-    restore(&chain, &options, &mut poll).unwrap_or_else(|e| {
+    restore_backup(&repo, &request.backup_id, &options, &mut poll).unwrap_or_else(|e| {
         pgrx::pg_sys::check_for_interrupts!();
         errors::restore(e)
     })
@@ -100,23 +95,15 @@ fn destination_rules(repo: &Repository) -> DestinationRules {
         Some(("blockbackup.restore_directory".to_owned(), dir))
     };
     let data_dir = data_directory();
-    let mut forbidden = vec![
-        ForbiddenPlace::new(&data_dir, "the data directory"),
-        ForbiddenPlace::new(repo.root(), "the repository"),
-    ];
-    if let Ok(entries) = std::fs::read_dir(data_dir.join("pg_tblspc")) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            forbidden.push(ForbiddenPlace::new(
-                &entry.path(),
-                format!("the location of tablespace {name}"),
-            ));
-        }
-    }
-    for dir in configuration_directories(&data_dir) {
+    let mut forbidden = vec![ForbiddenPlace::new(repo.root(), "the repository")];
+    forbidden.extend(data_directory_places(
+        &data_dir,
+        &configuration_files(&data_dir),
+    ));
+    for dir in key_directories(&data_dir) {
         forbidden.push(ForbiddenPlace::new(
             &dir,
-            "a directory the server reads its configuration from",
+            "a directory the server reads TLS keys from",
         ));
     }
     DestinationRules {
@@ -125,29 +112,24 @@ fn destination_rules(repo: &Repository) -> DestinationRules {
     }
 }
 
-/// The directories of every file the server reads settings, client
-/// authentication or TLS keys from: `config_file`, `hba_file` and
-/// `ident_file` with what they include (followed as the server follows
-/// them), and the `ssl_*` files.
-fn configuration_directories(data_dir: &Path) -> BTreeSet<PathBuf> {
-    let absolute = |value: String| {
-        let path = PathBuf::from(value);
-        if path.is_absolute() {
-            path
-        } else {
-            data_dir.join(path)
-        }
-    };
+/// Where the server reads settings and client authentication from first:
+/// `config_file`, `hba_file` and `ident_file` (includes are followed from
+/// there).
+fn configuration_files(data_dir: &Path) -> Vec<(PathBuf, conf_file::Syntax)> {
     use conf_file::Syntax::{Authentication, Settings};
-    let starts: Vec<(PathBuf, conf_file::Syntax)> = [
+    [
         ("config_file", Settings),
         ("hba_file", Authentication),
         ("ident_file", Authentication),
     ]
     .into_iter()
-    .filter_map(|(name, syntax)| setting(name).map(|value| (absolute(value), syntax)))
-    .collect();
-    let mut dirs = conf_file::configuration_directories(&starts);
+    .filter_map(|(name, syntax)| setting(name).map(|value| (absolute(data_dir, value), syntax)))
+    .collect()
+}
+
+/// The directories of the `ssl_*` files and `ssl_crl_dir`.
+fn key_directories(data_dir: &Path) -> BTreeSet<PathBuf> {
+    let mut dirs = BTreeSet::new();
     for name in [
         "ssl_cert_file",
         "ssl_key_file",
@@ -155,15 +137,25 @@ fn configuration_directories(data_dir: &Path) -> BTreeSet<PathBuf> {
         "ssl_crl_file",
     ] {
         if let Some(file) = setting(name) {
-            if let Some(parent) = absolute(file).parent() {
+            if let Some(parent) = absolute(data_dir, file).parent() {
                 dirs.insert(parent.to_owned());
             }
         }
     }
     if let Some(dir) = setting("ssl_crl_dir") {
-        dirs.insert(absolute(dir));
+        dirs.insert(absolute(data_dir, dir));
     }
     dirs
+}
+
+/// A setting's path, relative ones taken from the data directory.
+fn absolute(data_dir: &Path, value: String) -> PathBuf {
+    let path = PathBuf::from(value);
+    if path.is_absolute() {
+        path
+    } else {
+        data_dir.join(path)
+    }
 }
 
 /// A setting's value, whoever asks (these are superuser-only to show, but

@@ -9,4 +9,4 @@ pub mod run;
 pub mod target;
 
 pub use rebuild::{chain_members, reconstruct_file, ChainMember, ReconstructedFile, RestoreError};
-pub use run::{restore, RestoreOptions, RestoreProgress, RestoreStats, MARKER};
+pub use run::{restore, restore_backup, RestoreOptions, RestoreProgress, RestoreStats, MARKER};

@@ -45,7 +45,7 @@ use crate::lsn::Lsn;
 use crate::repository::catalog::{
     BackupContents, BackupRecord, Compression, StoredFile, StoredKind,
 };
-use crate::repository::Repository;
+use crate::repository::{Repository, RepositoryError};
 use crate::restore::target::DestinationError;
 use crate::safe_fs::is_not_regular;
 use crate::storage::{join, Storage};
@@ -163,6 +163,10 @@ pub enum RestoreError {
     Cancelled,
     #[error(transparent)]
     Destination(#[from] DestinationError),
+    /// The repository could not give the chain (a missing or damaged
+    /// backup, a lock held by a deletion).
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
     #[error("restore target {} holds an interrupted restore ({detail}); remove that directory, or restore into another one", path.display())]
     InterruptedRestore { path: PathBuf, detail: String },
     #[error("recovery target {target} is past the WAL backup {backup_id} holds, which reaches {reach}; without a WAL archive a backup restores to its own end or to one of its restore points")]

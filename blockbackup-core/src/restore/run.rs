@@ -52,10 +52,11 @@ use crate::backup::manifest::{render_manifest, ManifestFile, WalRange};
 use crate::backup::tablespace_map;
 use crate::lsn::Lsn;
 use crate::repository::catalog::{BackupMode, BackupRecord, StoredKind};
+use crate::repository::{validate_backup_id, Repository};
 use crate::restore::conf_file::{quote_value, setting_lines};
 use crate::restore::rebuild::{
-    io_error, reconstruct_file, reconstruct_into, ChainIndex, ChainMember, CrcWriter,
-    ReconstructedFile, RestoreError, Version,
+    chain_members, io_error, reconstruct_file, reconstruct_into, ChainIndex, ChainMember,
+    CrcWriter, ReconstructedFile, RestoreError, Version,
 };
 use crate::restore::target::DestinationRules;
 use crate::safe_fs::{open_regular_beneath, TargetTree};
@@ -153,6 +154,22 @@ struct Task {
 struct PlacedTablespace {
     oid: u32,
     mapped: Option<PathBuf>,
+}
+
+/// Restores backup `backup_id` of `repository` with its ancestors: what
+/// `restore_backup()` and the offline command both run. The chain's
+/// backups are held for reading while the restore runs, so that no
+/// deletion or expiry removes a file it still needs.
+pub fn restore_backup(
+    repository: &Repository,
+    backup_id: &str,
+    options: &RestoreOptions,
+    poll: &mut dyn FnMut(&RestoreProgress) -> ControlFlow<()>,
+) -> Result<RestoreStats, RestoreError> {
+    validate_backup_id(backup_id)?;
+    let (records, contents, _reading) = repository.load_chain_for_restore(backup_id)?;
+    let chain = chain_members(repository, &records, &contents);
+    restore(&chain, options, poll)
 }
 
 /// Restores the newest backup of `chain` (oldest first) into

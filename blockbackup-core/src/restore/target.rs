@@ -20,6 +20,8 @@ use std::path::{Component, Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::restore::conf_file::{configuration_directories, Syntax};
+
 /// A directory destinations must stay apart from, resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForbiddenPlace {
@@ -103,6 +105,33 @@ impl DestinationRules {
     }
 }
 
+/// The places of one data directory a restore must stay apart from: the
+/// directory, the location of each of its tablespaces, and every directory
+/// its configuration comes from, starting at `configuration` (the files
+/// the server reads first, each with its syntax) and following includes.
+pub fn data_directory_places(
+    data_dir: &Path,
+    configuration: &[(PathBuf, Syntax)],
+) -> Vec<ForbiddenPlace> {
+    let mut places = vec![ForbiddenPlace::new(data_dir, "the data directory")];
+    if let Ok(entries) = std::fs::read_dir(data_dir.join("pg_tblspc")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            places.push(ForbiddenPlace::new(
+                &entry.path(),
+                format!("the location of tablespace {name} of the data directory"),
+            ));
+        }
+    }
+    for dir in configuration_directories(configuration) {
+        places.push(ForbiddenPlace::new(
+            &dir,
+            "a directory the data directory's configuration comes from",
+        ));
+    }
+    places
+}
+
 /// `path` made absolute and free of symlinks and `..` as far as it exists
 /// (the rest appended as written), so that two paths can be compared for
 /// nesting even before the second one is created. None for a relative
@@ -144,6 +173,40 @@ mod tests {
                 .collect(),
             confined_to: None,
         }
+    }
+
+    #[test]
+    fn a_data_directory_keeps_restores_from_its_tablespaces_and_configuration() {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().canonicalize().unwrap();
+        let data = root.join("data");
+        let space = root.join("space");
+        let conf_d = root.join("conf.d");
+        for dir in [data.join("pg_tblspc"), space.clone(), conf_d.clone()] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::os::unix::fs::symlink(&space, data.join("pg_tblspc/16400")).unwrap();
+        std::fs::write(
+            data.join("postgresql.conf"),
+            format!("include_dir '{}'\n", conf_d.display()),
+        )
+        .unwrap();
+        let rules = DestinationRules {
+            forbidden: data_directory_places(
+                &data,
+                &[(data.join("postgresql.conf"), Syntax::Settings)],
+            ),
+            confined_to: None,
+        };
+        for (bad, what) in [
+            (data.join("x"), "the data directory"),
+            (space.join("x"), "tablespace 16400"),
+            (conf_d.join("x"), "configuration comes from"),
+        ] {
+            let error = rules.check("target_dir", &bad).unwrap_err().to_string();
+            assert!(error.contains(what), "{bad:?}: {error}");
+        }
+        assert!(rules.check("target_dir", &root.join("new")).is_ok());
     }
 
     #[test]
