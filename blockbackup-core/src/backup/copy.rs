@@ -554,7 +554,7 @@ fn copy_whole(
         .map_err(read_error(&task.source))?
         .len()
         .min(limit);
-    let mut buffer = vec![0u8; CHUNK_BYTES];
+    let mut buffer = vec![0u8; chunk_for(remaining)];
     let mut crc = 0u32;
     let mut size = 0u64;
     let mut bad_blocks = Vec::new();
@@ -619,7 +619,9 @@ fn copy_blocks(
     let mut bytes_read = 0u64;
     let mut bad_blocks = Vec::new();
     let block_size = header.block_size as usize;
-    let run_blocks = (CHUNK_BYTES / block_size.max(1)).max(1);
+    let run_blocks = (CHUNK_BYTES / block_size.max(1))
+        .max(1)
+        .min(header.blocks.len());
     let mut buffer = vec![0u8; run_blocks * block_size];
     let mut rest = header.blocks.as_slice();
     while let Some(&first) = rest.first() {
@@ -657,6 +659,18 @@ fn copy_blocks(
         crc32c: crc,
         bad_blocks,
     })
+}
+
+/// The buffer for streaming `remaining` bytes: one chunk, or less for a
+/// smaller file (a thousand small files must not each zero a whole chunk),
+/// always whole pages of the largest block size PostgreSQL allows, so that
+/// pages are checked in place whatever the cluster's block size.
+fn chunk_for(remaining: u64) -> usize {
+    const PAGE: u64 = 32768;
+    let pages = remaining.div_ceil(PAGE).max(1);
+    usize::try_from(pages.saturating_mul(PAGE))
+        .unwrap_or(CHUNK_BYTES)
+        .min(CHUNK_BYTES)
 }
 
 /// Fills `buffer` from `offset` as far as the file goes; returns how much.
@@ -699,5 +713,23 @@ impl Sink {
         let tallied = self.encoder.finish()?;
         tallied.inner.finish()?;
         Ok(self.stored.result())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{chunk_for, CHUNK_BYTES};
+
+    #[test]
+    fn a_small_file_gets_a_small_buffer_of_whole_pages() {
+        assert_eq!(chunk_for(0), 32768);
+        assert_eq!(chunk_for(1), 32768);
+        assert_eq!(chunk_for(8192), 32768);
+        assert_eq!(chunk_for(32769), 65536);
+        assert_eq!(chunk_for(CHUNK_BYTES as u64 - 1), CHUNK_BYTES);
+        assert_eq!(chunk_for(u64::MAX), CHUNK_BYTES);
+        for size in [1u64, 8191, 40000, 300_000, 5_000_000] {
+            assert_eq!(chunk_for(size) % 32768, 0, "{size}");
+        }
     }
 }
