@@ -75,4 +75,10 @@ for v in $PG_VERSIONS; do
 done
 echo "setup: building the offline command target/release/pg_blockbackup"
 cargo build --release --quiet -p blockbackup-cli
+# Next to postgres, where restore_backup() finds it for the restored
+# cluster's restore_command (archive-get).
+for v in $PG_VERSIONS; do
+    bindir=$("$(pg_config_of "$v")" --bindir)
+    install -m 0755 target/release/pg_blockbackup "$bindir/pg_blockbackup"
+done
 echo "setup: done"

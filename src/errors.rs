@@ -4,6 +4,7 @@ use blockbackup_core::backup::copy::CopyError;
 use blockbackup_core::dump::request::DumpRequestError;
 use blockbackup_core::repository::RepositoryError;
 use blockbackup_core::restore::RestoreError;
+use blockbackup_core::wal::ArchiveError;
 use blockbackup_core::{CoverageError, SummaryDirError};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -232,6 +233,10 @@ fn is_disk_full(error: &std::io::Error) -> bool {
 
 pub fn repository(error: RepositoryError) -> ! {
     use RepositoryError as E;
+    let error = match error {
+        E::Archive(error) => archive(error),
+        error => error,
+    };
     let (code, hint) = match &error {
         E::Io { source, .. } if is_disk_full(source) => {
             (PgSqlErrorCode::ERRCODE_DISK_FULL, "Free space in the repository, or expire old backups.")
@@ -287,6 +292,45 @@ pub fn repository(error: RepositoryError) -> ! {
     )
 }
 
+pub fn archive(error: ArchiveError) -> ! {
+    use ArchiveError as E;
+    let (code, hint) = match &error {
+        E::Store { source, .. } if is_disk_full(source) => (
+            PgSqlErrorCode::ERRCODE_DISK_FULL,
+            "Free space in the repository, or expire old backups and the WAL they needed.",
+        ),
+        E::Store { .. } | E::ReadSource { .. } | E::WriteTarget { .. } => (
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            "Check that the server's OS user can read and write the repository.",
+        ),
+        E::InvalidName { .. } => (
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "Name a WAL segment (24 hexadecimal digits) or a timeline history file.",
+        ),
+        E::OtherSystem { .. } | E::NotASegment { .. } | E::Different { .. } | E::Changed { .. } => (
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "Use a separate repository for each cluster.",
+        ),
+        E::Damaged { .. } | E::BadInfo { .. } => (
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            "The archive is damaged; restore the named file from a copy, or take a new full backup.",
+        ),
+    };
+    raise(code, format!("WAL archive: {error}"), None, Some(hint))
+}
+
+pub fn archive_command_missing(program: &std::path::Path) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!(
+            "the repository has a WAL archive, but the offline command that fetches from it is not installed at \"{}\"",
+            program.display()
+        ),
+        None,
+        Some("Install target/release/pg_blockbackup next to postgres (scripts/setup.sh does); the restored cluster runs it as its restore_command."),
+    )
+}
+
 pub fn restore(error: RestoreError) -> ! {
     use blockbackup_core::restore::target::DestinationError as D;
     use RestoreError as E;
@@ -307,10 +351,16 @@ pub fn restore(error: RestoreError) -> ! {
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             "Restore into a new, empty directory of its own.",
         ),
+        E::TargetNotReachable { .. } | E::NoBackupForTarget { .. } => (
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "Nothing was written. blockbackup.archived_wal() shows the WAL the archive holds, backups() what each backup reaches.",
+        ),
         E::RecoveryTargetBeforeConsistency { .. }
         | E::UnknownRestorePoint { .. }
         | E::TwoRecoveryTargets
         | E::TargetUnreachable { .. }
+        | E::BadRecoveryTarget { .. }
+        | E::TargetBeforeBackup { .. }
         | E::UnwritableSetting { .. } => (
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             "Nothing was written. blockbackup.backups() and restore_points() show what each backup reaches.",

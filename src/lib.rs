@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 
 mod agent;
 mod api;
+mod archive;
 mod backup;
 mod errors;
 mod read_only_sql;

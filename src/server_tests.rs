@@ -161,7 +161,7 @@ mod tests {
         for statement in [
             "PERFORM blockbackup.delete_backup(NULL)",
             "PERFORM * FROM blockbackup.take_backup(NULL)",
-            "PERFORM * FROM blockbackup.restore_backup(NULL, '/nowhere')",
+            "PERFORM * FROM blockbackup.restore_backup('x', NULL)",
             "PERFORM * FROM blockbackup.backup_start(NULL)",
             "PERFORM * FROM blockbackup.create_restore_point(NULL)",
             "PERFORM * FROM blockbackup.launch_dump_agent(NULL)",

@@ -1,5 +1,6 @@
 //! Shared memory: what the summarizer worker tells the backends and how
-//! backends wake it, the progress of running backups, and the dump agents.
+//! backends wake it, the progress of running backups, the dump agents, and
+//! the archiver's last failure.
 //!
 //! LSNs and the worker's identity are plain atomics: each is written by the
 //! worker alone and read anywhere, so no lock is needed. Backends that wait
@@ -12,6 +13,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::agent::agent_table::DumpAgentTable;
+use crate::archive::status::ArchiveShared;
 use crate::backup::progress::BackupProgressTable;
 use crate::errors::not_preloaded;
 use crate::shared_condition::SharedCondition;
@@ -21,6 +23,7 @@ struct SharedState {
     summarizer: SummarizerShared,
     backup_progress: BackupProgressTable,
     dump_agents: DumpAgentTable,
+    archive: ArchiveShared,
 }
 
 #[repr(C)]
@@ -112,6 +115,15 @@ pub fn backup_progress() -> &'static BackupProgressTable {
 
 pub fn dump_agents() -> &'static DumpAgentTable {
     &shared().dump_agents
+}
+
+/// The archiver's status, None without shared memory (the library not
+/// preloaded): archiving works without it, and must not fail for it.
+pub fn archive() -> Option<&'static ArchiveShared> {
+    unsafe {
+        let shared = SHARED;
+        (!shared.is_null()).then(|| &(*shared).archive)
+    }
 }
 
 /// Errors unless the library was preloaded (the worker and this state exist).

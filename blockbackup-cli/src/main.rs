@@ -3,45 +3,108 @@
 //! ```text
 //! pg_blockbackup --repository DIR list
 //! pg_blockbackup --repository DIR validate [BACKUP_ID]
-//! pg_blockbackup --repository DIR restore BACKUP_ID TARGET_DIR
-//!                [--tablespace-mapping OLD=NEW]... [--recovery-target-lsn LSN | --recovery-target-name NAME] [--parallel N]
-//!                [--pgdata DIR]
+//! pg_blockbackup --repository DIR archive-push WAL_PATH [--compress CODEC] [--compress-level N]
+//! pg_blockbackup --repository DIR archive-get WAL_NAME TARGET_PATH
+//! pg_blockbackup --repository DIR restore [BACKUP_ID] TARGET_DIR
+//!                [--tablespace-mapping OLD=NEW]... [--parallel N] [--pgdata DIR]
+//!                [--recovery-target-lsn LSN | --recovery-target-name NAME | --recovery-target-time TIME
+//!                 | --recovery-target-xid XID | --recovery-target immediate|latest]
+//!                [--recovery-target-timeline latest|current|N] [--recovery-target-inclusive on|off]
 //! ```
 //!
 //! It does what the SQL functions `backups()`, `validate_backup()` and
 //! `restore_backup()` do, with the same code from the pure crate, so that a
-//! DBA whose server is gone can still get it back.
+//! DBA whose server is gone can still get it back; and it moves WAL in and
+//! out of the repository's archive for `archive_command` (`archive-push
+//! %p`) and `restore_command` (`archive-get %f %p`).
+//!
+//! `archive-get` exits with 0 when it wrote the file, 1 when the archive
+//! does not hold it (recovery then ends, or tries streaming), and 255 on
+//! any other error, a damaged file or an unreachable repository: an exit
+//! status above 125 makes PostgreSQL stop recovery with a FATAL error
+//! instead of taking the missing WAL for the end of the archive and
+//! promoting early.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use blockbackup_core::compress::Compression;
 use blockbackup_core::repository::catalog::BackupStatus;
 use blockbackup_core::repository::upkeep;
 use blockbackup_core::repository::Repository;
+use blockbackup_core::restore::recovery_target::{archive_get_command, parse_time};
 use blockbackup_core::restore::target::{data_directory_places, DestinationRules, ForbiddenPlace};
-use blockbackup_core::restore::{restore_backup, RestoreOptions};
+use blockbackup_core::restore::{restore_backup, RecoveryExtras, RestoreOptions};
+use blockbackup_core::wal::{ranges, PushOutcome, WalArchive};
 use blockbackup_core::Lsn;
 
 const USAGE: &str = "usage:
   pg_blockbackup --repository DIR list
   pg_blockbackup --repository DIR validate [BACKUP_ID]
-  pg_blockbackup --repository DIR restore BACKUP_ID TARGET_DIR
-                 [--tablespace-mapping OLD=NEW]... [--recovery-target-lsn LSN | --recovery-target-name NAME] [--parallel N]
-                 [--pgdata DIR]   (default $PGDATA: a data directory the restore must stay away from)";
+  pg_blockbackup --repository DIR archive-push WAL_PATH [--compress none|gzip|zstd|lz4] [--compress-level N]
+  pg_blockbackup --repository DIR archive-get WAL_NAME TARGET_PATH
+  pg_blockbackup --repository DIR restore [BACKUP_ID] TARGET_DIR
+                 [--tablespace-mapping OLD=NEW]... [--parallel N]
+                 [--pgdata DIR]   (default $PGDATA: a data directory the restore must stay away from)
+                 [--recovery-target-lsn LSN | --recovery-target-name NAME
+                  | --recovery-target-time 'YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]'
+                  | --recovery-target-xid XID | --recovery-target immediate|latest]
+                 [--recovery-target-timeline latest|current|N] [--recovery-target-inclusive on|off]
+                 (without BACKUP_ID: the newest backup that reaches the target)";
+
+/// The options `restore` takes.
+const RESTORE_OPTIONS: &[&str] = &[
+    "--tablespace-mapping",
+    "--recovery-target-lsn",
+    "--recovery-target-name",
+    "--recovery-target-time",
+    "--recovery-target-xid",
+    "--recovery-target",
+    "--recovery-target-timeline",
+    "--recovery-target-inclusive",
+    "--parallel",
+    "--pgdata",
+];
+
+/// What a command ends with besides success.
+enum Failure {
+    /// An error, said on standard error.
+    Error(String),
+    /// archive-get: the archive does not hold the file; not an error.
+    NotInArchive,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Error(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Failure::Error(message.to_owned())
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let archive_get = args.iter().any(|arg| arg == "archive-get");
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(Failure::NotInArchive) => ExitCode::FAILURE,
+        Err(Failure::Error(message)) => {
             eprintln!("pg_blockbackup: {message}");
-            ExitCode::FAILURE
+            if archive_get {
+                ExitCode::from(255)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
-fn run(args: &[String]) -> Result<(), String> {
+fn run(args: &[String]) -> Result<(), Failure> {
     let mut repository = None;
     let mut rest = Vec::new();
     let mut options = Vec::new();
@@ -49,34 +112,49 @@ fn run(args: &[String]) -> Result<(), String> {
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--repository" => repository = Some(next_value(&mut iter, arg)?),
-            "--tablespace-mapping"
-            | "--recovery-target-lsn"
-            | "--recovery-target-name"
-            | "--parallel"
-            | "--pgdata" => options.push((arg.clone(), next_value(&mut iter, arg)?)),
+            flag if RESTORE_OPTIONS.contains(&flag)
+                || flag == "--compress"
+                || flag == "--compress-level" =>
+            {
+                options.push((arg.clone(), next_value(&mut iter, arg)?))
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
             }
             flag if flag.starts_with("--") => {
-                return Err(format!("unknown option {flag}\n{USAGE}"))
+                return Err(format!("unknown option {flag}\n{USAGE}").into())
             }
             _ => rest.push(arg.clone()),
         }
     }
     let repository = repository.ok_or_else(|| format!("--repository is required\n{USAGE}"))?;
     let repo = Repository::open(&PathBuf::from(repository)).map_err(|e| e.to_string())?;
+    let allowed: &[&str] = match rest.first().map(String::as_str) {
+        Some("restore") => RESTORE_OPTIONS,
+        Some("archive-push") => &["--compress", "--compress-level"],
+        _ => &[],
+    };
+    if let Some((flag, _)) = options
+        .iter()
+        .find(|(flag, _)| !allowed.contains(&flag.as_str()))
+    {
+        return Err(format!("{flag} does not apply to this command\n{USAGE}").into());
+    }
     match rest
         .iter()
         .map(String::as_str)
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["list"] => list(&repo),
-        ["validate"] => validate(&repo, None),
-        ["validate", id] => validate(&repo, Some(id)),
-        ["restore", id, target] => restore(&repo, id, target, &options),
-        _ => Err(USAGE.to_string()),
+        ["list"] => Ok(list(&repo)?),
+        ["validate"] => Ok(validate(&repo, None)?),
+        ["validate", id] => Ok(validate(&repo, Some(id))?),
+        ["restore", id, target] => Ok(restore(&repo, Some(id), target, &options)?),
+        ["restore", target] => Ok(restore(&repo, None, target, &options)?),
+        ["archive-push", path] => Ok(archive_push(&repo, path, &options)?),
+        ["archive-get", name, target] => archive_get(&repo, name, target),
+        _ => Err(USAGE.into()),
     }
 }
 
@@ -111,7 +189,75 @@ fn list(repo: &Repository) -> Result<(), String> {
             entry.backup_id, "-", "CORRUPT", entry.problem
         );
     }
+    let archive = WalArchive::new(repo);
+    let files = archive.list().map_err(|e| e.to_string())?;
+    if let Some(segment_size) = archive.segment_size().map_err(|e| e.to_string())? {
+        println!();
+        println!(
+            "{:>4} {:<32} {:<32} {:>14} {:>14} {:>8} {:>14}",
+            "tli", "start_wal", "end_wal", "start_lsn", "end_lsn", "segments", "stored_bytes"
+        );
+        for range in ranges(&files, segment_size) {
+            println!(
+                "{:>4} {:<32} {:<32} {:>14} {:>14} {:>8} {:>14}",
+                range.timeline,
+                range.start.to_string(),
+                range.end.to_string(),
+                range.start_lsn.to_string(),
+                range.end_lsn.to_string(),
+                range.segments,
+                range.stored_bytes
+            );
+        }
+    }
     Ok(())
+}
+
+/// For `archive_command = 'pg_blockbackup --repository R archive-push %p'`.
+fn archive_push(repo: &Repository, path: &str, options: &[(String, String)]) -> Result<(), String> {
+    let value = |flag: &str| {
+        options
+            .iter()
+            .find(|(f, _)| f == flag)
+            .map(|(_, v)| v.as_str())
+    };
+    let codec = Compression::parse(value("--compress").unwrap_or("none"))
+        .map_err(|e| format!("--compress: {e}"))?;
+    let level = value("--compress-level")
+        .map(|text| {
+            text.parse::<i32>()
+                .map_err(|_| "--compress-level takes a number")
+        })
+        .transpose()?;
+    let level = codec
+        .check_level(level)
+        .map_err(|e| format!("--compress-level: {e}"))?;
+    let source = PathBuf::from(path);
+    let name = source
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| format!("\"{path}\" does not name a file"))?;
+    match WalArchive::new(repo)
+        .push(name, &source, codec, level)
+        .map_err(|e| e.to_string())?
+    {
+        PushOutcome::Stored { .. } => {}
+        PushOutcome::AlreadyArchived => {
+            eprintln!(
+                "pg_blockbackup: WAL file \"{name}\" was already archived with the same content"
+            )
+        }
+    }
+    Ok(())
+}
+
+/// For `restore_command = 'pg_blockbackup --repository R archive-get %f %p'`.
+fn archive_get(repo: &Repository, name: &str, target: &str) -> Result<(), Failure> {
+    match WalArchive::new(repo).get(name, std::path::Path::new(target)) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Failure::NotInArchive),
+        Err(error) => Err(Failure::Error(error.to_string())),
+    }
 }
 
 fn validate(repo: &Repository, id: Option<&str>) -> Result<(), String> {
@@ -169,7 +315,7 @@ fn forbidden_places(repo: &Repository, pgdata: Option<&std::path::Path>) -> Vec<
 
 fn restore(
     repo: &Repository,
-    id: &str,
+    id: Option<&str>,
     target: &str,
     options: &[(String, String)],
 ) -> Result<(), String> {
@@ -185,11 +331,16 @@ fn restore(
         forbidden: forbidden_places(repo, pgdata.as_deref()),
         confined_to: None,
     };
+    // The restored cluster fetches archived WAL with this same program.
+    let program = std::env::current_exe()
+        .map_err(|e| format!("cannot tell where this program is, for the restore_command: {e}"))?;
     let mut restore_options = RestoreOptions {
         target: PathBuf::from(target),
         tablespace_mapping: Vec::new(),
         recovery_target_lsn: None,
         recovery_target_name: None,
+        recovery: RecoveryExtras::default(),
+        archive_restore_command: Some(archive_get_command(&program, repo.root())),
         threads: 1,
         rules,
     };
@@ -213,6 +364,31 @@ fn restore(
                         .map_err(|e| format!("--recovery-target-lsn: {e}"))?,
                 )
             }
+            "--recovery-target-time" => {
+                let us = parse_time(value).ok_or(
+                    "--recovery-target-time takes 'YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]' (with its UTC offset)",
+                )?;
+                if us > blockbackup_core::civil_time::unix_now_us() {
+                    return Err("--recovery-target-time is in the future".to_owned());
+                }
+                restore_options.recovery.time_us = Some(us);
+            }
+            "--recovery-target-xid" => {
+                restore_options.recovery.xid = Some(
+                    value
+                        .parse()
+                        .map_err(|_| "--recovery-target-xid takes a transaction id")?,
+                )
+            }
+            "--recovery-target" => restore_options.recovery.target = Some(value.clone()),
+            "--recovery-target-timeline" => restore_options.recovery.timeline = Some(value.clone()),
+            "--recovery-target-inclusive" => {
+                restore_options.recovery.inclusive = Some(match value.as_str() {
+                    "on" | "true" => true,
+                    "off" | "false" => false,
+                    _ => return Err("--recovery-target-inclusive takes on or off".to_owned()),
+                })
+            }
             "--pgdata" => {}
             _ => {
                 restore_options.threads = value
@@ -223,7 +399,7 @@ fn restore(
             }
         }
     }
-    let stats = restore_backup(repo, id, &restore_options, &mut |_| {
+    let (id, stats) = restore_backup(repo, id, &restore_options, &mut |_| {
         ControlFlow::Continue(())
     })
     .map_err(|e| e.to_string())?;

@@ -13,7 +13,9 @@
 //! * [`dump`]: pg_dump requests and the supervised pg_dump process;
 //! * [`compress`]: the codecs stored files are written and read with;
 //! * [`storage`]: the one interface to where the repository is kept, with
-//!   the local directory as its first driver.
+//!   the local directory as its first driver;
+//! * [`wal`]: WAL file names and segment headers, and the continuous WAL
+//!   archive in the repository.
 //!
 //! Nothing here depends on a running server; the extension feeds it events
 //! read from WAL and LSNs it gets from PostgreSQL.
@@ -31,6 +33,7 @@ pub mod safe_fs;
 pub mod safe_path;
 pub mod storage;
 pub mod summary;
+pub mod wal;
 
 pub use lsn::{Lsn, LsnParseError};
 pub use relfork::{relation_path, ForkNumber, RelFork};

@@ -78,6 +78,8 @@ fn options(target: &Path) -> RestoreOptions {
         tablespace_mapping: vec![],
         recovery_target_lsn: None,
         recovery_target_name: None,
+        recovery: Default::default(),
+        archive_restore_command: None,
         threads: 2,
         rules: Default::default(),
     }

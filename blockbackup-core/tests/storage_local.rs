@@ -79,16 +79,22 @@ fn streamed_files_are_synced_and_listed() {
     storage.sync_parents(&paths, 2).unwrap();
     let mut top = storage.list("").unwrap();
     top.sort();
+    assert!(top[1].modified_us.is_some_and(|t| t > 0), "{top:?}");
+    top[1].modified_us = None;
     assert_eq!(
         top,
         vec![
             Entry {
                 name: "b".into(),
-                is_prefix: true
+                is_prefix: true,
+                size: 0,
+                modified_us: None,
             },
             Entry {
                 name: "top".into(),
-                is_prefix: false
+                is_prefix: false,
+                size: 3,
+                modified_us: None,
             }
         ]
     );

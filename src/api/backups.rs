@@ -15,12 +15,19 @@ use crate::backup::{repository_access, restore_point, session_backup};
 use crate::errors::required;
 use crate::sql_types::PgLsn;
 use crate::{errors, settings, shared_state};
+use blockbackup_core::restore::RecoveryExtras;
 
 /// PostgreSQL counts time from 2000-01-01, the catalog from 1970-01-01.
 const POSTGRES_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 pub(super) fn timestamp(unix_us: Option<i64>) -> Option<TimestampWithTimeZone> {
     unix_us.and_then(|us| TimestampWithTimeZone::try_from(us - POSTGRES_EPOCH_OFFSET_US).ok())
+}
+
+/// Microseconds since the Unix epoch of a timestamptz.
+fn unix_us(time: TimestampWithTimeZone) -> i64 {
+    let postgres_us: i64 = time.into();
+    postgres_us + POSTGRES_EPOCH_OFFSET_US
 }
 
 fn parse_compression(text: &str) -> Compression {
@@ -320,6 +327,8 @@ fn delete_backup(backup_id: Option<String>, cascade: default!(Option<bool>, fals
     doomed.len() as i32
 }
 
+// The SQL signature is the contract: one argument per recovery setting.
+#[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile)]
 fn restore_backup(
     backup_id: Option<String>,
@@ -327,6 +336,11 @@ fn restore_backup(
     recovery_target_lsn: default!(Option<PgLsn>, "NULL"),
     tablespace_mapping: default!(Option<JsonB>, "NULL"),
     recovery_target_name: default!(Option<String>, "NULL"),
+    recovery_target_time: default!(Option<TimestampWithTimeZone>, "NULL"),
+    recovery_target_xid: default!(Option<pg_sys::TransactionId>, "NULL"),
+    recovery_target: default!(Option<String>, "NULL"),
+    recovery_target_timeline: default!(Option<String>, "NULL"),
+    recovery_target_inclusive: default!(Option<bool>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -336,13 +350,34 @@ fn restore_backup(
     ),
 > {
     let began = Instant::now();
-    let stats = restore(RestoreRequest {
-        backup_id: required(backup_id, "backup_id"),
+    let chosen = backup_id.is_none();
+    let time_us = recovery_target_time.map(|time| {
+        let us = unix_us(time);
+        if us > blockbackup_core::civil_time::unix_now_us() {
+            errors::invalid_argument(
+                "recovery_target_time is in the future".into(),
+                "Recovery can only go to a moment whose WAL has been written and archived.",
+            );
+        }
+        us
+    });
+    let (restored, stats) = restore(RestoreRequest {
+        backup_id,
         target: required(target_dir, "target_dir"),
         recovery_target_lsn: recovery_target_lsn.map(|lsn| lsn.0),
         recovery_target_name,
+        recovery: RecoveryExtras {
+            time_us,
+            xid: recovery_target_xid.map(|xid| xid.into_inner()),
+            target: recovery_target,
+            inclusive: recovery_target_inclusive,
+            timeline: recovery_target_timeline,
+        },
         tablespace_mapping: tablespace_mapping.map(|json| json.0),
     });
+    if chosen {
+        notice!("pg_blockbackup: restored backup {restored}, the newest that reaches the recovery target");
+    }
     TableIterator::once((
         stats.files as i64,
         stats.bytes as i64,

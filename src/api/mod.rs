@@ -2,6 +2,8 @@
 
 // pgrx spells a result row as a tuple of named columns.
 #[allow(clippy::type_complexity)]
+mod archive;
+#[allow(clippy::type_complexity)]
 mod backups;
 #[allow(clippy::type_complexity)]
 mod dump_agents;

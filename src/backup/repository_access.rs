@@ -17,31 +17,46 @@ use crate::server_paths::data_directory;
 use crate::{errors, settings};
 
 pub fn repository_root() -> PathBuf {
+    match checked_repository_root() {
+        Ok(root) => root,
+        Err((_, _)) if settings::text(&settings::REPOSITORY).is_none() => {
+            errors::repository_unset()
+        }
+        Err((message, hint)) => errors::invalid_argument(message, hint),
+    }
+}
+
+/// `blockbackup.repository`, resolved, or why it cannot be used (a message
+/// and a hint): for callers that must not raise, such as the archiver.
+pub fn checked_repository_root() -> Result<PathBuf, (String, &'static str)> {
     let Some(root) = settings::text(&settings::REPOSITORY) else {
-        errors::repository_unset();
+        return Err((
+            "blockbackup.repository is not set".to_owned(),
+            "Set it to a directory outside the data directory, e.g. /var/lib/pg_blockbackup.",
+        ));
     };
     let root = PathBuf::from(root);
     let Some(resolved_root) = resolved(&root) else {
-        errors::invalid_argument(
+        return Err((
             format!(
                 "blockbackup.repository must be an absolute path without \"..\", got \"{}\"",
                 root.display()
             ),
             "Set it to a directory outside the data directory, e.g. /var/lib/pg_blockbackup.",
-        );
+        ));
     };
     let data_dir = resolved(&data_directory()).unwrap_or_else(data_directory);
     if overlapping(&resolved_root, &data_dir) {
-        errors::invalid_argument(
+        return Err((
             format!(
                 "blockbackup.repository \"{}\" overlaps the data directory \"{}\"",
                 root.display(),
                 data_dir.display()
             ),
             "A backup inside the data it backs up would copy itself; choose a directory outside the data directory.",
-        );
+        ));
     }
-    resolved_root
+    Ok(resolved_root)
 }
 
 /// Opens the repository, creating it on first use for this cluster.

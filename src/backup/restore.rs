@@ -12,10 +12,14 @@ use std::path::{Path, PathBuf};
 
 use blockbackup_core::repository::Repository;
 use blockbackup_core::restore::conf_file;
+use blockbackup_core::restore::recovery_target::archive_get_command;
 use blockbackup_core::restore::target::{
     data_directory_places, resolved, DestinationRules, ForbiddenPlace,
 };
-use blockbackup_core::restore::{restore_backup, RestoreOptions, RestoreProgress, RestoreStats};
+use blockbackup_core::restore::{
+    restore_backup, RecoveryExtras, RestoreOptions, RestoreProgress, RestoreStats,
+};
+use blockbackup_core::wal::WalArchive;
 use blockbackup_core::Lsn;
 use pgrx::pg_sys;
 
@@ -24,17 +28,21 @@ use crate::server_paths::data_directory;
 use crate::{errors, settings};
 
 pub struct RestoreRequest {
-    pub backup_id: String,
+    /// None: the newest usable backup that reaches the target.
+    pub backup_id: Option<String>,
     pub target: String,
     pub recovery_target_lsn: Option<Lsn>,
     pub recovery_target_name: Option<String>,
+    pub recovery: RecoveryExtras,
     /// `{"<old location or oid>": "<new directory>"}`.
     pub tablespace_mapping: Option<serde_json::Value>,
 }
 
-pub fn restore(request: RestoreRequest) -> RestoreStats {
+/// Restores and returns the backup restored with what was written.
+pub fn restore(request: RestoreRequest) -> (String, RestoreStats) {
     let repo = repository_access::open_for_writing();
     let rules = destination_rules(&repo);
+    let archive_restore_command = archive_restore_command(&repo);
     let mut tablespace_mapping = Vec::new();
     if let Some(mapping) = &request.tablespace_mapping {
         let Some(entries) = mapping.as_object() else {
@@ -59,6 +67,8 @@ pub fn restore(request: RestoreRequest) -> RestoreStats {
         tablespace_mapping,
         recovery_target_lsn: request.recovery_target_lsn,
         recovery_target_name: request.recovery_target_name,
+        recovery: request.recovery,
+        archive_restore_command,
         threads: settings::PARALLEL.get().max(1) as usize,
         rules,
     };
@@ -69,10 +79,36 @@ pub fn restore(request: RestoreRequest) -> RestoreStats {
             ControlFlow::Continue(())
         }
     };
-    restore_backup(&repo, &request.backup_id, &options, &mut poll).unwrap_or_else(|e| {
+    restore_backup(&repo, request.backup_id.as_deref(), &options, &mut poll).unwrap_or_else(|e| {
         pgrx::pg_sys::check_for_interrupts!();
         errors::restore(e)
     })
+}
+
+/// The restored cluster's `restore_command` when the repository has a WAL
+/// archive: the offline command installed next to `postgres`, fetching
+/// from this repository. None without an archive (the backup's own WAL
+/// then); an error when there is one but the command is missing.
+fn archive_restore_command(repo: &Repository) -> Option<String> {
+    let has_archive = WalArchive::new(repo)
+        .segment_size()
+        .unwrap_or_else(|e| errors::archive(e))
+        .is_some();
+    if !has_archive {
+        return None;
+    }
+    // SAFETY: set once at process start, a NUL-terminated path.
+    let postgres = unsafe { std::ffi::CStr::from_ptr((&raw const pg_sys::my_exec_path).cast()) }
+        .to_string_lossy()
+        .into_owned();
+    let program = Path::new(&postgres)
+        .parent()
+        .map(|bin| bin.join("pg_blockbackup"))
+        .unwrap_or_default();
+    if !program.is_file() {
+        errors::archive_command_missing(&program);
+    }
+    Some(archive_get_command(&program, repo.root()))
 }
 
 /// Where this session's restore may write: apart from the data directory,

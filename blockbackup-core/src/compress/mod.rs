@@ -13,7 +13,8 @@
 //! Every file is compressed on its own, so a restore reads one file of a
 //! backup without the others, and the copy threads compress side by side.
 //! Decoders read every frame of a stream (a gzip file of several members,
-//! a zstd file of several frames) and report damage as `InvalidData`, so
+//! a zstd file of several frames) and report damage as `InvalidData`
+//! (gzip as `InvalidInput`, which is what flate2 says), so
 //! that a stored file that does not decode is told from an unreadable disk.
 
 use std::io::{self, Read, Write};

@@ -158,6 +158,9 @@ pub enum RepositoryError {
     BeingRestored { id: String },
     #[error("backup \"{id}\" may be the parent of \"{damaged}\", whose record cannot be read; repair \"{damaged}\"'s backup.json or delete it first")]
     MayBeParentOfDamaged { id: String, damaged: String },
+    /// The WAL archive could not be read or changed.
+    #[error(transparent)]
+    Archive(#[from] crate::wal::ArchiveError),
 }
 
 fn io_error(path: &Path, source: io::Error) -> RepositoryError {

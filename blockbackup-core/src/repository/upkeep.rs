@@ -1,7 +1,8 @@
 //! The repository's upkeep, shared by the SQL functions and the offline
-//! command: marking backups that were cut off, validating, expiring and
-//! deleting. Each runs with the repository lock held (the caller passes
-//! it as proof) and keeps going on a full disk: reading and removing need
+//! command: marking backups that were cut off, validating, expiring (with
+//! the archived WAL no kept backup needs) and deleting. Each runs with the
+//! repository lock held (the caller passes it as proof) and keeps going on
+//! a full disk: reading and removing need
 //! no space, and a status that cannot be written is reported, not fatal.
 
 use crate::repository::catalog::{BackupMode, BackupRecord, BackupStatus};
@@ -9,6 +10,11 @@ use crate::repository::{
     delete_plan, expire_plan, validate_backup_id, Catalog, Repository, RepositoryError,
     RepositoryLock, Validation, ValidationReport,
 };
+use crate::summary::range_plan::TimelineSpan;
+use crate::wal::reach::gap_after;
+use crate::wal::retention::expire_wal;
+use crate::wal::{WalArchive, WalFileName};
+use crate::Lsn;
 
 /// What a cut-off backup's record says.
 const INTERRUPTED: &str =
@@ -117,6 +123,8 @@ pub fn validate(
             return Err(RepositoryError::BackupNotFound { id: id.to_owned() });
         }
     }
+    let mut warnings = warnings;
+    warnings.extend(archive_gaps(repo, &records)?);
     for record in records {
         if record.status == BackupStatus::Running {
             continue;
@@ -134,6 +142,46 @@ pub fn validate(
         });
     }
     Ok((rows, warnings))
+}
+
+/// A warning for each backup after which the WAL archive has a gap: it
+/// still restores (with its own WAL), but point-in-time recovery from it
+/// stops at the gap.
+fn archive_gaps(
+    repo: &Repository,
+    records: &[BackupRecord],
+) -> Result<Vec<String>, RepositoryError> {
+    let archive = WalArchive::new(repo);
+    let Some(segment_size) = archive.segment_size()? else {
+        return Ok(Vec::new());
+    };
+    let files = archive.list()?;
+    let mut warnings = Vec::new();
+    for record in records {
+        let (Some(stop), true) = (record.stop_lsn, record.status.is_usable()) else {
+            continue;
+        };
+        if record.mode == BackupMode::Dump {
+            continue;
+        }
+        let history = [TimelineSpan {
+            timeline: record.timeline,
+            begin: Lsn(0),
+            end: None,
+        }];
+        let own_reach = record.wal_reach().unwrap_or(stop);
+        if let Some((reach, newest)) =
+            gap_after(&files, &history, segment_size, record.start_lsn, own_reach)
+        {
+            let missing =
+                WalFileName::segment(record.timeline, reach.0 / segment_size, segment_size);
+            warnings.push(format!(
+                "backup {}: the WAL archive has a gap: {missing} is missing, so recovery from this backup stops at {reach} although WAL was archived up to {newest}",
+                record.backup_id
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 /// One backup retention or deletion handled.
@@ -166,6 +214,18 @@ pub fn expire(
         rows.push(Removal {
             backup_id: id,
             action,
+        });
+    }
+    // Then the archived WAL that no backup still kept can use.
+    let kept = repo.list()?;
+    let archive = WalArchive::new(repo);
+    if let Some(removed) = expire_wal(&archive, &kept.records, !kept.damaged.is_empty())? {
+        rows.push(Removal {
+            backup_id: "archived WAL".to_owned(),
+            action: format!(
+                "removed {} files, {} to {} ({} bytes): no kept backup starts before {}",
+                removed.files, removed.first, removed.last, removed.bytes, removed.kept_from
+            ),
         });
     }
     Ok((rows, warnings))

@@ -151,7 +151,7 @@ pub enum RestoreError {
         backup_id: String,
         known: String,
     },
-    #[error("give recovery_target_lsn or recovery_target_name, not both: PostgreSQL recovers to one target")]
+    #[error("give one recovery target (recovery_target_lsn, _name, _time, _xid or recovery_target), not several: PostgreSQL recovers to one")]
     TwoRecoveryTargets,
     #[error("tablespace mapping {key:?} -> {}: {reason}", location.display())]
     BadTablespaceMapping {
@@ -183,6 +183,23 @@ pub enum RestoreError {
     },
     #[error("{what} {value:?} holds a line break or another control character, which a configuration file cannot hold")]
     UnwritableSetting { what: String, value: String },
+    /// Recovery arguments that do not go together or are malformed.
+    #[error("{detail}")]
+    BadRecoveryTarget { detail: String },
+    #[error("recovery target {target} is before backup {backup_id} is consistent ({consistent}): choose a later target, or restore an older backup")]
+    TargetBeforeBackup {
+        target: String,
+        backup_id: String,
+        consistent: String,
+    },
+    #[error("recovery target {target} cannot be reached from backup {backup_id}: {detail}")]
+    TargetNotReachable {
+        target: String,
+        backup_id: String,
+        detail: String,
+    },
+    #[error("no usable backup of the repository can recover to {target}: {detail}")]
+    NoBackupForTarget { target: String, detail: String },
 }
 
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {

@@ -58,6 +58,9 @@ use crate::restore::rebuild::{
     chain_members, io_error, reconstruct_file, reconstruct_into, ChainIndex, ChainMember,
     CrcWriter, ReconstructedFile, RestoreError, Version,
 };
+use crate::restore::recovery_target::{
+    self, check_target, choose_backup, ArchiveContext, RecoveryArguments, RecoveryRequest,
+};
 use crate::restore::target::DestinationRules;
 use crate::safe_fs::{open_regular_beneath, TargetTree};
 use crate::safe_path::safe_relative_path;
@@ -74,10 +77,46 @@ pub struct RestoreOptions {
     pub recovery_target_lsn: Option<Lsn>,
     /// Recover up to this restore point of the backup and promote.
     pub recovery_target_name: Option<String>,
+    /// The other targets and how to reach them (time, xid, 'immediate' or
+    /// 'latest', timeline, inclusive).
+    pub recovery: RecoveryExtras,
+    /// The `restore_command` that fetches WAL from the repository's
+    /// archive (the offline command's `archive-get %f %p`): with it, and
+    /// an archive that holds WAL, recovery goes past the backup's own WAL;
+    /// without it, a restore uses the backup's WAL only.
+    pub archive_restore_command: Option<String>,
     /// Worker threads (0 counts as 1).
     pub threads: usize,
     /// Where the target and mapped tablespaces may go.
     pub rules: DestinationRules,
+}
+
+/// The recovery arguments besides an LSN and a name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryExtras {
+    /// Microseconds since the Unix epoch.
+    pub time_us: Option<i64>,
+    pub xid: Option<u32>,
+    /// `immediate` or `latest`.
+    pub target: Option<String>,
+    pub inclusive: Option<bool>,
+    /// `latest`, `current` or a number.
+    pub timeline: Option<String>,
+}
+
+impl RestoreOptions {
+    /// The one recovery request the arguments make.
+    pub fn recovery_request(&self) -> Result<RecoveryRequest, RestoreError> {
+        RecoveryRequest::from_arguments(RecoveryArguments {
+            lsn: self.recovery_target_lsn,
+            name: self.recovery_target_name.as_deref(),
+            time_us: self.recovery.time_us,
+            xid: self.recovery.xid,
+            target: self.recovery.target.as_deref(),
+            inclusive: self.recovery.inclusive,
+            timeline: self.recovery.timeline.as_deref(),
+        })
+    }
 }
 
 /// Progress of a restore, as given to the `poll` callback.
@@ -160,16 +199,40 @@ struct PlacedTablespace {
 /// `restore_backup()` and the offline command both run. The chain's
 /// backups are held for reading while the restore runs, so that no
 /// deletion or expiry removes a file it still needs.
+///
+/// With no `backup_id`, the newest usable backup from which the recovery
+/// target can be reached is restored. With `options.archive_restore_command`
+/// and a WAL archive in the repository, recovery fetches from the archive.
 pub fn restore_backup(
     repository: &Repository,
-    backup_id: &str,
+    backup_id: Option<&str>,
     options: &RestoreOptions,
     poll: &mut dyn FnMut(&RestoreProgress) -> ControlFlow<()>,
-) -> Result<RestoreStats, RestoreError> {
-    validate_backup_id(backup_id)?;
-    let (records, contents, _reading) = repository.load_chain_for_restore(backup_id)?;
+) -> Result<(String, RestoreStats), RestoreError> {
+    let request = options.recovery_request()?;
+    let archive = match &options.archive_restore_command {
+        Some(command) => ArchiveContext::load(repository, command.clone())?,
+        None => None,
+    };
+    let backup_id = match backup_id {
+        Some(id) => id.to_owned(),
+        None => {
+            let catalog = repository.list()?;
+            let records: Vec<_> = catalog
+                .records
+                .into_iter()
+                .filter(|r| r.system_identifier == repository.system_identifier())
+                .collect();
+            choose_backup(&records, &request, archive.as_ref())?
+                .backup_id
+                .clone()
+        }
+    };
+    validate_backup_id(&backup_id)?;
+    let (records, contents, _reading) = repository.load_chain_for_restore(&backup_id)?;
     let chain = chain_members(repository, &records, &contents);
-    restore(&chain, options, poll)
+    let stats = restore_with_archive(&chain, options, archive.as_ref(), poll)?;
+    Ok((backup_id, stats))
 }
 
 /// Restores the newest backup of `chain` (oldest first) into
@@ -182,6 +245,15 @@ pub fn restore(
     options: &RestoreOptions,
     poll: &mut dyn FnMut(&RestoreProgress) -> ControlFlow<()>,
 ) -> Result<RestoreStats, RestoreError> {
+    restore_with_archive(chain, options, None, poll)
+}
+
+fn restore_with_archive(
+    chain: &[ChainMember<'_>],
+    options: &RestoreOptions,
+    archive: Option<&ArchiveContext>,
+    poll: &mut dyn FnMut(&RestoreProgress) -> ControlFlow<()>,
+) -> Result<RestoreStats, RestoreError> {
     let newest = check_chain(chain)?;
     let stop_lsn = newest
         .record
@@ -189,7 +261,8 @@ pub fn restore(
         .ok_or_else(|| RestoreError::BadChain {
             reason: format!("backup {} has no stop LSN", newest.record.backup_id),
         })?;
-    check_recovery_target(newest.record, stop_lsn, options)?;
+    let request = options.recovery_request()?;
+    check_target(newest.record, stop_lsn, &request, archive)?;
     let mut options = options.clone();
     options.target = options.rules.check("target_dir", &options.target)?;
     for (_, location) in &mut options.tablespace_mapping {
@@ -208,7 +281,11 @@ pub fn restore(
         &tasks,
         &tablespaces,
         &options,
-        stop_lsn,
+        RecoveryPlan {
+            request: &request,
+            archive,
+            stop_lsn,
+        },
         &mut trees,
         poll,
     );
@@ -218,55 +295,6 @@ pub fn restore(
         trees.remove_created();
     }
     result
-}
-
-fn check_recovery_target(
-    record: &BackupRecord,
-    stop_lsn: Lsn,
-    options: &RestoreOptions,
-) -> Result<(), RestoreError> {
-    if let Some(name) = &options.recovery_target_name {
-        if options.recovery_target_lsn.is_some() {
-            return Err(RestoreError::TwoRecoveryTargets);
-        }
-        let points = &record.restore_points;
-        if !points.iter().any(|point| &point.name == name) {
-            let known: Vec<&str> = points.iter().map(|point| point.name.as_str()).collect();
-            return Err(RestoreError::UnknownRestorePoint {
-                name: name.clone(),
-                backup_id: record.backup_id.clone(),
-                known: if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                },
-            });
-        }
-        if quote_value(name).is_none() {
-            return Err(RestoreError::UnwritableSetting {
-                what: "recovery_target_name".to_owned(),
-                value: name.clone(),
-            });
-        }
-    }
-    if let Some(target) = options.recovery_target_lsn {
-        if target < stop_lsn {
-            return Err(RestoreError::RecoveryTargetBeforeConsistency {
-                target,
-                backup_id: record.backup_id.clone(),
-                stop_lsn,
-            });
-        }
-        let reach = record.wal_reach().unwrap_or(stop_lsn);
-        if target > reach {
-            return Err(RestoreError::TargetUnreachable {
-                target,
-                backup_id: record.backup_id.clone(),
-                reach,
-            });
-        }
-    }
-    Ok(())
 }
 
 fn check_chain<'c, 'a>(chain: &'c [ChainMember<'a>]) -> Result<&'c ChainMember<'a>, RestoreError> {
@@ -626,16 +654,25 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Where recovery of the restored directory stops, and how it gets there.
+struct RecoveryPlan<'a> {
+    request: &'a RecoveryRequest,
+    archive: Option<&'a ArchiveContext>,
+    /// Where the newest backup becomes consistent.
+    stop_lsn: Lsn,
+}
+
 fn restore_into(
     index: &ChainIndex<'_, '_>,
     tasks: &[Task],
     tablespaces: &[PlacedTablespace],
     options: &RestoreOptions,
-    stop_lsn: Lsn,
+    recovery: RecoveryPlan<'_>,
     trees: &mut Trees,
     poll: &mut dyn FnMut(&RestoreProgress) -> ControlFlow<()>,
 ) -> Result<RestoreStats, RestoreError> {
     let target = options.target.as_path();
+    let stop_lsn = recovery.stop_lsn;
     let newest = &index.chain[index.chain.len() - 1];
     let tree_error = |path: &Path| {
         let path = target.join(path);
@@ -805,7 +842,7 @@ fn restore_into(
         let content = tablespace_map::render(&mapped);
         manifest.push(write_new_file(tree, TABLESPACE_MAP, &content, now)?);
     }
-    let settings = recovery_settings(any_in_place, options)?;
+    let settings = recovery_settings(any_in_place, recovery.request, recovery.archive)?;
     // Always archive recovery, ending on a new timeline: the restored
     // cluster's WAL after the backup differs from the original's WAL at
     // the same LSNs, and only a timeline switch tells the two apart, so
@@ -838,25 +875,25 @@ fn restore_into(
 
 /// The settings restore appends to `postgresql.auto.conf`: in-place
 /// tablespaces, and archive recovery to the requested target, then promote.
-fn recovery_settings(any_in_place: bool, options: &RestoreOptions) -> Result<String, RestoreError> {
-    let lsn = options.recovery_target_lsn.map(|lsn| lsn.to_string());
-    let mut settings: Vec<(&str, &str)> = Vec::new();
+fn recovery_settings(
+    any_in_place: bool,
+    request: &RecoveryRequest,
+    archive: Option<&ArchiveContext>,
+) -> Result<String, RestoreError> {
+    let mut settings: Vec<(&str, String)> = Vec::new();
     if any_in_place {
         // Recovery refuses directories in pg_tblspc without it.
-        settings.push(("allow_in_place_tablespaces", "on"));
+        settings.push(("allow_in_place_tablespaces", "on".to_owned()));
     }
-    settings.push(("restore_command", "/bin/false"));
-    if let Some(lsn) = &lsn {
-        settings.push(("recovery_target_lsn", lsn));
-        settings.push(("recovery_target_inclusive", "on"));
-    }
-    if let Some(name) = &options.recovery_target_name {
-        settings.push(("recovery_target_name", name));
-    }
-    settings.push(("recovery_target_action", "promote"));
-    setting_lines(&settings).ok_or_else(|| RestoreError::UnwritableSetting {
+    settings.extend(recovery_target::recovery_settings(request, archive));
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    setting_lines(&pairs).ok_or_else(|| RestoreError::UnwritableSetting {
         what: "a recovery setting".to_owned(),
-        value: options.recovery_target_name.clone().unwrap_or_default(),
+        value: settings
+            .iter()
+            .find(|(_, v)| quote_value(v).is_none())
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
     })
 }
 

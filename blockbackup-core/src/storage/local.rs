@@ -180,9 +180,27 @@ impl Storage for LocalStorage {
                 Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
                 Err(error) => return Err(error),
             };
+            let (size, modified_us) = if kind.is_file() {
+                match entry.metadata() {
+                    Ok(metadata) => (
+                        metadata.len(),
+                        metadata
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map(|d| d.as_micros() as i64),
+                    ),
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                    Err(error) => return Err(error),
+                }
+            } else {
+                (0, None)
+            };
             listed.push(Entry {
                 name: entry.file_name().to_string_lossy().into_owned(),
                 is_prefix: kind.is_dir(),
+                size,
+                modified_us,
             });
         }
         Ok(listed)

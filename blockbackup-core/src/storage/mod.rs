@@ -35,6 +35,12 @@ pub struct Entry {
     pub name: String,
     /// Whether it holds further names (a directory, a common prefix).
     pub is_prefix: bool,
+    /// A file's size in bytes (0 for a prefix): what a listing of an object
+    /// store gives for free, so that sizes need no request per file.
+    pub size: u64,
+    /// When it was last written, in microseconds since the Unix epoch, if
+    /// the store knows.
+    pub modified_us: Option<i64>,
 }
 
 /// A file being written; `finish` completes it and returns its size.

@@ -1,0 +1,14 @@
+//! WAL files: the names PostgreSQL gives them, the header that starts a
+//! segment, the continuous archive kept in the repository, timeline
+//! histories, how far recovery can replay from what is there, and which
+//! archived WAL no kept backup needs.
+
+pub mod archive;
+pub mod history;
+pub mod name;
+pub mod reach;
+pub mod retention;
+pub mod segment_header;
+
+pub use archive::{ranges, ArchiveError, ArchivedFile, ArchivedRange, PushOutcome, WalArchive};
+pub use name::{WalFileKind, WalFileName};
