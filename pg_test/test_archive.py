@@ -14,9 +14,11 @@ import os
 import shutil
 import time
 
+from harness import SkipTest
 from harness import backup as bk
 from harness import extension as ext
-from harness.cluster import CommandError, TestDir, pg_bin, run, wait_until
+from harness.cluster import CommandError, TestDir, make_postgres_dir, pg_bin, run, wait_until
+from harness.workload import backup_churn, pgbench_init, run_workload, small_change
 
 TEST_TIMEOUT = 900
 
@@ -434,3 +436,220 @@ def test_archive_retention_and_gaps():
                f"recovery_target_lsn => '{beyond}')",
             "55000", contains="cannot be reached", hint=True)
         assert os.listdir(target) == []
+
+
+# ---- health check and scheduling ---------------------------------------------
+
+def check_rows(c, timeout_ms=20000):
+    rows = c.sql(f"SELECT \"check\", status, detail FROM blockbackup.check(timeout_ms => {timeout_ms})",
+                 timeout=120)
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def test_check_reports_health():
+    """blockbackup.check(): the summarizer, the repository and its free
+    space, archiving proven by a forced segment switch, the age of the newest
+    backups and any failed one — each OK, WARNING or ERROR with what it saw."""
+    with TestDir() as td:
+        c, repo = archiving_cluster(td)
+        rows = check_rows(c, timeout_ms=3000)
+        assert rows["summarizer"][0] == "OK", rows
+        assert rows["repository"][0] == "ERROR" and "not a pg_blockbackup repository" in \
+            rows["repository"][1], rows
+        assert rows["archiving"][0] == "ERROR" and "was not archived within 3000 ms" in \
+            rows["archiving"][1], rows
+        assert "not a pg_blockbackup repository" in rows["archiving"][1], rows
+
+        full = bk.take_backup(c, "full")
+        rows = check_rows(c)
+        assert rows["repository"][0] == "OK" and "MB free" in rows["repository"][1], rows
+        assert rows["archiving"][0] == "OK" and "archived into the repository" in \
+            rows["archiving"][1], rows
+        assert rows["newest full backup"] == ("OK", f"{full.backup_id} ended 0 hours ago"), rows
+        assert rows["newest incremental backup"] == ("WARNING", "none"), rows
+        assert rows["failed backups"] == ("OK", "none"), rows
+        time.sleep(1.1)
+        old = {r[0]: r[1] for r in c.sql(
+            "SELECT \"check\", status FROM blockbackup.check(max_full_age => '1 second')")}
+        assert old["newest full backup"] == "WARNING", old
+        bk.expect_sqlstate(c, "SELECT * FROM blockbackup.check(timeout_ms => -1)", "22023")
+        bk.expect_sqlstate(c, "SELECT * FROM blockbackup.check(max_full_age => '-1 day')", "22023")
+
+        # Archiving turned off.
+        c.write_config(archive_mode="off")
+        c.restart()
+        rows = check_rows(c)
+        assert rows["archiving"][0] == "WARNING" and "archive_mode is off" in rows["archiving"][1], rows
+
+
+def test_pg_cron_takes_a_backup():
+    """A real pg_cron job (Debian's postgresql-15-cron, in a background
+    worker) runs take_backup on schedule."""
+    library = os.path.join(run([pg_bin("pg_config"), "--pkglibdir"]).stdout.strip(), "pg_cron.so")
+    if not os.path.exists(library):
+        raise SkipTest(f"pg_cron is not installed for this PostgreSQL ({library}); "
+                       "scripts/setup.sh installs Debian's postgresql-15-cron")
+    with TestDir() as td:
+        repo = bk.make_repository(td, "repo_cron")
+        c = ext.extension_cluster(td, "primary", functions=ARCHIVE_FUNCTIONS,
+                                  shared_preload_libraries="pg_cron,pg_blockbackup",
+                                  **{"cron.database_name": "postgres",
+                                     "cron.use_background_workers": "on"})
+        c.sql(f"ALTER SYSTEM SET blockbackup.repository = '{repo}'; SELECT pg_reload_conf()")
+        c.sql("CREATE EXTENSION pg_cron")
+        c.sql("SELECT cron.schedule_in_database('backup-every-minute', '* * * * *', "
+              "$$SELECT backup_id FROM blockbackup.take_backup('auto')$$, 'postgres')")
+        wait_until(lambda: c.sql_value(
+            "SELECT count(*) FROM cron.job_run_details WHERE status = 'succeeded'") != "0",
+            timeout=150, what="pg_cron to run the backup job")
+        entries = bk.backups(c)
+        assert [e for e in entries.values() if e.status in bk.USABLE], entries
+
+
+def test_a_restored_cluster_archives_on_its_own_timeline():
+    """After a point-in-time restore the restored cluster archives into the
+    same repository on its new timeline, leaving the old timeline's files as
+    they were; a second restore follows the new timeline ('latest')."""
+    with TestDir() as td:
+        bk.require_cli()
+        c, repo = archiving_cluster(td)
+        full = bk.take_backup(c, "full")
+        c.sql("CREATE TABLE pitr(v text); INSERT INTO pitr VALUES ('A')")
+        time.sleep(1.2)
+        moment = c.sql_value("SELECT clock_timestamp()")
+        time.sleep(1.2)
+        c.sql("INSERT INTO pitr VALUES ('B')")
+        wait_archived(c, switch_segment(c))
+        before = archive_snapshot(repo)
+
+        # Restored to before B, archiving as the source does.
+        restored = bk.new_target(td, "restored", c)
+        c.sql(f"SELECT files FROM blockbackup.restore_backup('{full.backup_id}', "
+              f"'{restored.datadir}', recovery_target_time => '{moment}')", timeout=600)
+        bk.start_restored(restored)
+        tli = restored.timeline()
+        assert values(restored) == ["A"]
+        restored.sql("INSERT INTO pitr VALUES ('D')")
+        time.sleep(1.2)
+        later = restored.sql_value("SELECT clock_timestamp()")
+        time.sleep(1.2)
+        restored.sql("INSERT INTO pitr VALUES ('E')")
+        on_new = switch_segment(restored)
+        assert int(on_new[:8], 16) == tli, on_new
+        wait_archived(restored, on_new)
+        after = archive_snapshot(repo)
+        changed = [p for p, v in before.items() if after.get(p) != v]
+        assert not changed, f"the old timeline's files changed: {changed}"
+        history = f"{tli:08X}.history"
+        assert glob.glob(os.path.join(repo, "archive", "history", history + "-*")), \
+            f"{history} was not archived"
+        ranges = archived_ranges(restored)
+        assert any(int(r[0]) == tli for r in ranges), ranges
+        restored.stop()
+
+        # From the same full backup, to a moment on the new timeline.
+        second = pitr_restore(td, c, "second", full.backup_id, recovery_target_time=later)
+        assert second.timeline() > tli
+        assert values(second) == ["A", "D"], values(second)
+        second.stop()
+
+
+def test_full_and_incremental_recover_to_the_same_lsn_alike():
+    """PostgreSQL's 002_compare_backups: recovery to one LSN from a full
+    backup (through the archive) and from that full plus an incremental gives
+    the same pg_dumpall."""
+    with TestDir() as td:
+        bk.require_cli()
+        c, repo = archiving_cluster(td)
+        pgbench_init(c, scale=2)
+        run_workload(c, "a", init_pgbench=False)
+        full = bk.take_backup(c, "full")
+        backup_churn(c, "b", "a")
+        inc = bk.take_backup(c, "incremental")
+        assert inc.parent_backup_id == full.backup_id, inc
+        small_change(c, "c")
+        target = c.sql_value("SELECT pg_current_wal_insert_lsn()")
+        small_change(c, "d")
+        wait_archived(c, switch_segment(c))
+
+        dumps = {}
+        for name, backup in (("from_full", full), ("from_incremental", inc)):
+            restored = pitr_restore(td, c, name, backup.backup_id, recovery_target_lsn=target)
+            dumps[name] = bk.dumpall(restored)
+            bk.amcheck(restored)
+            restored.stop()
+        bk.assert_dumps_equal(dumps["from_full"], dumps["from_incremental"],
+                              "recovery to one LSN from the full and from the incremental")
+
+
+def test_a_standby_with_archive_mode_always_archives_beside_its_primary():
+    """archive_mode = always on a standby: it archives the WAL it receives
+    into the same repository as its primary; the same segment from both is
+    stored once, and neither fails."""
+    with TestDir() as td:
+        bk.require_cli()
+        c, repo = archiving_cluster(td)
+        bk.take_backup(c, "full")
+        standby = td.standby_of(c, settings={"archive_mode": "always"}).start()
+        standby.wait_ready()
+        names = [switch_segment(c) for _ in range(3)]
+        wait_archived(c, names[-1])
+        wait_until(lambda: (standby.sql_value(
+            "SELECT last_archived_wal FROM pg_stat_archiver") or "") >= names[-1],
+            timeout=120, what=f"the standby to archive {names[-1]} (log: {standby.logfile})")
+        for cluster in (c, standby):
+            st = archive_status(cluster)
+            assert st["last_error"] is None, st
+        for n in names:
+            assert len(stored_files(repo, n)) == 1, (n, stored_files(repo, n))
+        assert len(archived_ranges(c)) == 1, archived_ranges(c)
+        standby.stop()
+
+
+def test_archiving_into_a_full_repository():
+    """A full repository: archiving fails and says so, pg_wal keeps the WAL,
+    nothing half-written is left; once space returns it catches up, every
+    segment intact."""
+    with TestDir() as td:
+        bk.require_cli()
+        c, _ = archiving_cluster(td, compression="none", repo=td.subdir("unused"))
+        mount = os.path.join(td.path, "tmpfs")
+        try:
+            bk.mount_tmpfs(mount, "256m")
+        except CommandError as exc:
+            raise SkipTest(f"mounting a tmpfs is not permitted here ({exc})")
+        try:
+            repo = make_postgres_dir(os.path.join(mount, "repo"))
+            os.chmod(repo, 0o700)
+            c.sql(f"ALTER SYSTEM SET blockbackup.repository = '{repo}'; SELECT pg_reload_conf()")
+            bk.take_backup(c, "full", compress="zstd")
+            wait_archived(c, switch_segment(c))
+            # Leave room for about one segment.
+            filler = os.path.join(mount, "filler")
+            with open(filler, "wb") as f:
+                f.write(b"\0" * max(bk.free_bytes(mount) - 20 * 1024 * 1024, 0))
+            names = [switch_segment(c) for _ in range(4)]
+            wait_until(lambda: archive_status(c)["last_error"] is not None, timeout=120,
+                       what="archiving to fail on the full repository")
+            st = archive_status(c)
+            assert "No space left" in st["last_error"], st
+            pending = [n for n in names if os.path.exists(
+                os.path.join(c.wal_dir, "archive_status", n + ".ready"))]
+            assert pending, "nothing is waiting: the full disk was not reached"
+            leftovers = [p for p in glob.glob(os.path.join(repo, "archive", "*", ".*"))]
+            assert not leftovers, f"half-written files left: {leftovers}"
+
+            os.remove(filler)
+            last = switch_segment(c)  # wakes the archiver
+            wait_archived(c, last, timeout=180)
+            assert archive_status(c)["last_error"] is None
+            assert len(archived_ranges(c)) == 1, archived_ranges(c)
+            fetched = td.subdir("fetched")
+            for n in names:
+                fetch(repo, n, os.path.join(fetched, n))
+                with open(os.path.join(c.wal_dir, n), "rb") as a, \
+                        open(os.path.join(fetched, n), "rb") as b:
+                    assert a.read() == b.read(), f"{n} came back different"
+        finally:
+            c.stop_quietly()
+            bk.umount(mount)

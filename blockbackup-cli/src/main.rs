@@ -29,11 +29,12 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use blockbackup_core::civil_time::parse_time;
 use blockbackup_core::compress::Compression;
 use blockbackup_core::repository::catalog::BackupStatus;
 use blockbackup_core::repository::upkeep;
 use blockbackup_core::repository::Repository;
-use blockbackup_core::restore::recovery_target::{archive_get_command, parse_time};
+use blockbackup_core::restore::recovery_target::archive_get_command;
 use blockbackup_core::restore::target::{data_directory_places, DestinationRules, ForbiddenPlace};
 use blockbackup_core::restore::{restore_backup, RecoveryExtras, RestoreOptions};
 use blockbackup_core::wal::{ranges, PushOutcome, WalArchive};

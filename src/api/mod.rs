@@ -6,6 +6,8 @@ mod archive;
 #[allow(clippy::type_complexity)]
 mod backups;
 #[allow(clippy::type_complexity)]
+mod check;
+#[allow(clippy::type_complexity)]
 mod dump_agents;
 #[allow(clippy::type_complexity)]
 mod summaries;

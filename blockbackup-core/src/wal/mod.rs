@@ -6,9 +6,11 @@
 pub mod archive;
 pub mod history;
 pub mod name;
+pub mod ranges;
 pub mod reach;
 pub mod retention;
 pub mod segment_header;
 
-pub use archive::{ranges, ArchiveError, ArchivedFile, ArchivedRange, PushOutcome, WalArchive};
+pub use archive::{ArchiveError, ArchivedFile, PushOutcome, WalArchive};
 pub use name::{WalFileKind, WalFileName};
+pub use ranges::{ranges, ArchivedRange};
