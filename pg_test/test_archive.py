@@ -603,6 +603,8 @@ def test_a_standby_with_archive_mode_always_archives_beside_its_primary():
         for n in names:
             assert len(stored_files(repo, n)) == 1, (n, stored_files(repo, n))
         assert len(archived_ranges(c)) == 1, archived_ranges(c)
+        rows = check_rows(standby)
+        assert rows["archiving"][0] == "OK" and "standby" in rows["archiving"][1], rows
         standby.stop()
 
 

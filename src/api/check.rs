@@ -166,18 +166,25 @@ fn archiving(repository: Option<&Repository>, timeout_ms: i32) -> Finding {
         );
     }
     let ours = library == "pg_blockbackup";
-    let segment = if in_recovery {
-        // A standby cannot switch; the newest segment it replayed.
-        read_only_sql::one::<String>(
-            "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_last_wal_replay_lsn())",
-            &[],
-        )
-    } else {
-        read_only_sql::one::<String>(
-            "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())",
-            &[],
-        )
-    };
+    if in_recovery {
+        // A standby cannot switch segments (nor name them with
+        // pg_walfile_name): what its archiver did last.
+        return match crate::archive::status::last_failure() {
+            Some(why) => finding("archiving", "ERROR", why),
+            None => finding(
+                "archiving",
+                "OK",
+                format!(
+                    "a standby with archive_mode = always; last archived: {}",
+                    last_archived().as_deref().unwrap_or("none")
+                ),
+            ),
+        };
+    }
+    let segment = read_only_sql::one::<String>(
+        "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())",
+        &[],
+    );
     let segment = match segment {
         Ok(Some(segment)) => segment,
         Ok(None) | Err(_) => {
