@@ -97,6 +97,18 @@ def fetch(repo, name, target, check=True):
     return bk.cli(repo, "archive-get", name, target, check=check)
 
 
+def assert_fetched_like_pg_wal(td, repo, c, names, dirname="fetched"):
+    """archive-get of each of `names` gives the bytes PostgreSQL keeps in
+    pg_wal (wal_keep_size holds them); returns the directory fetched into."""
+    fetched = td.subdir(dirname)
+    for n in names:
+        fetch(repo, n, os.path.join(fetched, n))
+        with open(os.path.join(c.wal_dir, n), "rb") as a, \
+                open(os.path.join(fetched, n), "rb") as b:
+            assert a.read() == b.read(), f"{n} came back different"
+    return fetched
+
+
 def test_archive_module_archives_every_segment():
     """Before the repository exists archiving fails, says why and keeps the
     WAL; after the first backup it catches up, and every segment from then on
@@ -136,15 +148,10 @@ def test_archive_module_archives_every_segment():
 
         # Every segment back, compared with the one PostgreSQL still keeps
         # (wal_keep_size holds them), then pg_waldump over the whole range.
-        fetched = td.subdir("fetched")
         wanted = [n for n in sorted(os.listdir(c.wal_dir)) if len(n) == 24
                   and start_wal <= n <= end_wal]
         assert len(wanted) == count, (wanted, ranges)
-        for n in wanted:
-            fetch(repo, n, os.path.join(fetched, n))
-            with open(os.path.join(c.wal_dir, n), "rb") as a, \
-                    open(os.path.join(fetched, n), "rb") as b:
-                assert a.read() == b.read(), f"{n} came back different"
+        fetched = assert_fetched_like_pg_wal(td, repo, c, wanted)
         run(["chown", "-R", "postgres:postgres", fetched])
         # With the first and the last segment named, pg_waldump reads every
         # record up to the end of the last one and stops there, silently.
@@ -180,12 +187,7 @@ def test_archiver_killed_while_archiving():
         wait_archived(c, names[-1], timeout=180)
         ranges = archived_ranges(c)
         assert len(ranges) == 1, f"a gap after the kills: {ranges}"
-        fetched = td.subdir("fetched")
-        for n in names:
-            fetch(repo, n, os.path.join(fetched, n))
-            with open(os.path.join(c.wal_dir, n), "rb") as a, \
-                    open(os.path.join(fetched, n), "rb") as b:
-                assert a.read() == b.read(), f"{n} came back different"
+        fetched = assert_fetched_like_pg_wal(td, repo, c, names)
         # What a write cut off leaves (a temporary) is not an archived file.
         group = os.path.dirname(stored_files(repo, names[0])[0])
         future = names[-1][:16] + "000000FE"
@@ -646,12 +648,7 @@ def test_archiving_into_a_full_repository():
             wait_archived(c, last, timeout=180)
             assert archive_status(c)["last_error"] is None
             assert len(archived_ranges(c)) == 1, archived_ranges(c)
-            fetched = td.subdir("fetched")
-            for n in names:
-                fetch(repo, n, os.path.join(fetched, n))
-                with open(os.path.join(c.wal_dir, n), "rb") as a, \
-                        open(os.path.join(fetched, n), "rb") as b:
-                    assert a.read() == b.read(), f"{n} came back different"
+            assert_fetched_like_pg_wal(td, repo, c, names)
         finally:
             c.stop_quietly()
             bk.umount(mount)

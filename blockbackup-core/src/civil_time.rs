@@ -41,18 +41,22 @@ pub fn unix_now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// A time in microseconds since the Unix epoch, in UTC: (year, month,
+/// day), (hour, minute, second) and the microseconds of that second.
+pub fn utc_fields(unix_us: i64) -> ((i64, u32, u32), (i64, i64, i64), i64) {
+    let seconds = unix_us.div_euclid(1_000_000);
+    let of_day = seconds.rem_euclid(86_400);
+    (
+        civil_from_days(seconds.div_euclid(86_400)),
+        (of_day / 3600, of_day / 60 % 60, of_day % 60),
+        unix_us.rem_euclid(1_000_000),
+    )
+}
+
 /// A time as PostgreSQL reads it back: `YYYY-MM-DD HH:MM:SS.ffffff+00`.
 pub fn render_time(unix_us: i64) -> String {
-    let seconds = unix_us.div_euclid(1_000_000);
-    let micros = unix_us.rem_euclid(1_000_000);
-    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
-    let of_day = seconds.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{micros:06}+00",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60
-    )
+    let ((year, month, day), (hour, minute, second), micros) = utc_fields(unix_us);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}.{micros:06}+00")
 }
 
 /// `YYYY-MM-DD[ T]HH:MM:SS[.fraction](Z|±HH[:MM])` to microseconds since

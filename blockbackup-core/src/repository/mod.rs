@@ -52,7 +52,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::civil_time::civil_from_days;
+use crate::civil_time::utc_fields;
 use crate::repository::catalog::{BackupContents, BackupMode, BackupRecord, BackupStatus};
 use crate::storage::local::LocalStorage;
 use crate::storage::{join, Storage};
@@ -790,15 +790,8 @@ fn mode_letter(mode: BackupMode) -> char {
 
 /// `YYYYMMDD-HHMMSS` in UTC for a time in microseconds since the epoch.
 pub(crate) fn utc_timestamp_name(time_us: i64) -> String {
-    let seconds = time_us.div_euclid(1_000_000);
-    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
-    let second_of_day = seconds.rem_euclid(86_400);
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    )
+    let ((year, month, day), (hour, minute, second), _) = utc_fields(time_us);
+    format!("{year:04}{month:02}{day:02}-{hour:02}{minute:02}{second:02}")
 }
 
 #[cfg(test)]

@@ -541,6 +541,20 @@ impl<'r> WalArchive<'r> {
     }
 }
 
+/// An archived file as a listing gives it, for the tests of the modules
+/// that read listings.
+#[cfg(test)]
+pub(crate) fn listed(name: &str, stored_bytes: u64, modified_us: Option<i64>) -> ArchivedFile {
+    ArchivedFile {
+        name: WalFileName::parse(name).expect("a WAL file name"),
+        crc32c: 0,
+        codec: Compression::None,
+        stored_path: name.to_owned(),
+        stored_bytes,
+        modified_us,
+    }
+}
+
 /// Where files of `name` are stored.
 fn group_of(name: &WalFileName) -> String {
     match name.kind {

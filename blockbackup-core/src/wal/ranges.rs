@@ -73,17 +73,9 @@ pub fn ranges(files: &[ArchivedFile], segment_size: u64) -> Vec<ArchivedRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::Compression;
 
     fn file(name: &str) -> ArchivedFile {
-        ArchivedFile {
-            name: WalFileName::parse(name).unwrap(),
-            crc32c: 0,
-            codec: Compression::None,
-            stored_path: name.to_owned(),
-            stored_bytes: 10,
-            modified_us: None,
-        }
+        crate::wal::archive::listed(name, 10, None)
     }
 
     #[test]

@@ -72,19 +72,11 @@ pub fn gap_after(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::Compression;
 
     const SEG: u64 = 16 << 20;
 
     fn file(name: &str, time: i64) -> ArchivedFile {
-        ArchivedFile {
-            name: WalFileName::parse(name).unwrap(),
-            crc32c: 0,
-            codec: Compression::None,
-            stored_path: name.to_owned(),
-            stored_bytes: 1,
-            modified_us: Some(time),
-        }
+        crate::wal::archive::listed(name, 1, Some(time))
     }
 
     fn one_timeline() -> Vec<TimelineSpan> {

@@ -84,21 +84,12 @@ pub fn expire_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::Compression;
     use crate::repository::catalog::BackupStatus;
-    use crate::wal::name::WalFileName;
 
     const SEG: u64 = 16 << 20;
 
     fn file(name: &str) -> ArchivedFile {
-        ArchivedFile {
-            name: WalFileName::parse(name).unwrap(),
-            crc32c: 0,
-            codec: Compression::None,
-            stored_path: name.to_owned(),
-            stored_bytes: 1,
-            modified_us: None,
-        }
+        crate::wal::archive::listed(name, 1, None)
     }
 
     fn record(start: u64, status: BackupStatus, mode: BackupMode) -> BackupRecord {
