@@ -143,3 +143,20 @@ pub fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
         .map(|value| value.to_string_lossy().into_owned())
         .filter(|value| !value.is_empty())
 }
+
+/// Any server setting's value by name, whoever asks (some are
+/// superuser-only to show, but the extension checks them for every role);
+/// None when unknown or empty.
+pub fn server_setting(name: &str) -> Option<String> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: a valid name; missing_ok, and the returned string is
+    // copied before anything else can change it.
+    let value = unsafe { pgrx::pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    if value.is_null() {
+        return None;
+    }
+    let value = unsafe { std::ffi::CStr::from_ptr(value) }
+        .to_string_lossy()
+        .into_owned();
+    (!value.is_empty()).then_some(value)
+}

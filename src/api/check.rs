@@ -131,25 +131,11 @@ fn summarizer() -> Finding {
     )
 }
 
-fn setting(name: &str) -> String {
-    let Ok(name) = CString::new(name) else {
-        return String::new();
-    };
-    // SAFETY: a valid name, missing_ok; the value is copied at once.
-    let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
-    if value.is_null() {
-        return String::new();
-    }
-    unsafe { std::ffi::CStr::from_ptr(value) }
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// Forces a segment switch and waits until the archiver has archived it,
 /// and (with the archive module) until it is in the repository.
 fn archiving(repository: Option<&Repository>, timeout_ms: i32) -> Finding {
-    let mode = setting("archive_mode");
-    let library = setting("archive_library");
+    let mode = settings::server_setting("archive_mode").unwrap_or_default();
+    let library = settings::server_setting("archive_library").unwrap_or_default();
     let in_recovery = unsafe { pg_sys::RecoveryInProgress() };
     if mode == "off" {
         return finding(

@@ -6,7 +6,6 @@
 //! the server's OS user writes.
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -159,7 +158,9 @@ fn configuration_files(data_dir: &Path) -> Vec<(PathBuf, conf_file::Syntax)> {
         ("ident_file", Authentication),
     ]
     .into_iter()
-    .filter_map(|(name, syntax)| setting(name).map(|value| (absolute(data_dir, value), syntax)))
+    .filter_map(|(name, syntax)| {
+        settings::server_setting(name).map(|value| (absolute(data_dir, value), syntax))
+    })
     .collect()
 }
 
@@ -172,13 +173,13 @@ fn key_directories(data_dir: &Path) -> BTreeSet<PathBuf> {
         "ssl_ca_file",
         "ssl_crl_file",
     ] {
-        if let Some(file) = setting(name) {
+        if let Some(file) = settings::server_setting(name) {
             if let Some(parent) = absolute(data_dir, file).parent() {
                 dirs.insert(parent.to_owned());
             }
         }
     }
-    if let Some(dir) = setting("ssl_crl_dir") {
+    if let Some(dir) = settings::server_setting("ssl_crl_dir") {
         dirs.insert(absolute(data_dir, dir));
     }
     dirs
@@ -192,20 +193,4 @@ fn absolute(data_dir: &Path, value: String) -> PathBuf {
     } else {
         data_dir.join(path)
     }
-}
-
-/// A setting's value, whoever asks (these are superuser-only to show, but
-/// the restore checks them for every role).
-fn setting(name: &str) -> Option<String> {
-    let name = CString::new(name).ok()?;
-    // SAFETY: a valid name; missing_ok, and the returned string is
-    // copied before anything else can change it.
-    let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
-    if value.is_null() {
-        return None;
-    }
-    let value = unsafe { std::ffi::CStr::from_ptr(value) }
-        .to_string_lossy()
-        .into_owned();
-    (!value.is_empty()).then_some(value)
 }
