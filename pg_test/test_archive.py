@@ -556,6 +556,99 @@ def test_a_restored_cluster_archives_on_its_own_timeline():
         second.stop()
 
 
+PREFETCH_DIR = "pg_blockbackup_prefetch"
+
+
+def queued(wal_dir):
+    """The segments fetched ahead into `wal_dir`'s queue (None: no queue)."""
+    queue = os.path.join(wal_dir, PREFETCH_DIR)
+    if not os.path.isdir(queue):
+        return None
+    return sorted(n for n in os.listdir(queue) if len(n) == 24)
+
+
+def test_recovery_fetches_ahead_and_stops_at_damage():
+    """A restored cluster's restore_command fetches segments ahead of replay
+    (archive-get --prefetch) and its recovery_end_command removes the queue;
+    a queued segment is the archived one byte for byte and is served with the
+    archive gone; a damaged segment in the middle stops recovery with a FATAL
+    error naming it, and the cluster never promotes."""
+    with TestDir() as td:
+        bk.require_cli()
+        c, repo = archiving_cluster(td, compression="zstd")
+        c.sql("ALTER SYSTEM SET wal_keep_size = '1GB'")
+        c.sql("SELECT pg_reload_conf()")
+        full = bk.take_backup(c, "full")
+        names = [switch_segment(c, rows=20000) for _ in range(8)]
+        wait_archived(c, names[-1])
+        total = c.sql_value("SELECT count(*) FROM churn")
+
+        # 1. A whole recovery through the queue.
+        restored = bk.new_target(td, "ahead", c)
+        restored.settings["archive_mode"] = "off"
+        c.sql(f"SELECT files FROM blockbackup.restore_backup('{full.backup_id}', "
+              f"'{restored.datadir}', recovery_target => 'latest')", timeout=600)
+        with open(os.path.join(restored.datadir, "postgresql.auto.conf")) as f:
+            auto = f.read()
+        assert "archive-get --prefetch" in auto and "recovery_end_command" in auto, auto
+        bk.start_restored(restored)
+        assert restored.sql_value("SELECT count(*) FROM churn") == total
+        with open(restored.logfile, errors="replace") as f:
+            log = f.read()
+        for name in names:
+            assert f'restored log file "{name}" from archive' in log, f"{name} not replayed"
+        assert queued(restored.wal_dir) is None, "the queue outlived recovery"
+        restored.stop()
+
+        # 2. The queue by hand: the filler fetches what follows; a queued
+        # segment is served even with the archive away, and equals pg_wal's.
+        wal_dir = td.subdir("by_hand")
+        fetch_ahead = ("--prefetch", "64")           # four 16 MB segments
+        bk.cli(repo, "archive-get", *fetch_ahead, names[0], os.path.join(wal_dir, "RECOVERYXLOG"))
+        want = names[1:5]
+        wait_until(lambda: queued(wal_dir) == want, timeout=60,
+                   what=f"the filler to queue {want} (queue: {queued(wal_dir)})")
+        archive = os.path.join(repo, "archive")
+        os.rename(archive, archive + ".away")
+        try:
+            got = os.path.join(wal_dir, "RECOVERYXLOG")
+            bk.cli(repo, "archive-get", *fetch_ahead, names[1], got)
+            with open(got, "rb") as a, open(os.path.join(c.wal_dir, names[1]), "rb") as b:
+                assert a.read() == b.read(), "a queued segment differs from the archived one"
+            # Not queued, and the archive is away: the request fails itself
+            # (255: recovery stops), not "no more WAL" (1).
+            proc = bk.cli(repo, "archive-get", names[6], got + "2", check=False)
+            assert proc.returncode == 255 and "no WAL archive" in proc.stderr, \
+                (proc.returncode, proc.stderr)
+        finally:
+            os.rename(archive + ".away", archive)
+        bk.cli(repo, "prefetch-clear", wal_dir)
+        assert queued(wal_dir) is None
+
+        # 3. A damaged segment in the middle: recovery stops, never promotes.
+        damaged = names[4]
+        [stored] = stored_files(repo, damaged)
+        bk.flip_byte(stored)
+        broken = bk.new_target(td, "broken", c)
+        broken.settings["archive_mode"] = "off"
+        c.sql(f"SELECT files FROM blockbackup.restore_backup('{full.backup_id}', "
+              f"'{broken.datadir}', recovery_target => 'latest')", timeout=600)
+        bk.prepare_restored(broken)
+        try:
+            broken.start(timeout=120)
+        except CommandError:
+            pass                        # it may stop before accepting connections
+        wait_until(lambda: not broken.is_running(), timeout=120,
+                   what=f"recovery to stop at the damaged {damaged} (log: {broken.logfile})")
+        with open(broken.logfile, errors="replace") as f:
+            log = f.read()
+        assert "damaged" in log and os.path.basename(stored) in log, broken.log_tail()
+        assert f'restored log file "{names[3]}" from archive' in log, broken.log_tail()
+        assert "selected new timeline ID" not in log, "recovery promoted past damage"
+        assert not glob.glob(os.path.join(broken.wal_dir, "00000002.history")), \
+            "a new timeline began after damage"
+
+
 def test_full_and_incremental_recover_to_the_same_lsn_alike():
     """PostgreSQL's 002_compare_backups: recovery to one LSN from a full
     backup (through the archive) and from that full plus an incremental gives

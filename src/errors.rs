@@ -315,6 +315,10 @@ pub fn archive(error: ArchiveError) -> ! {
             PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
             "The archive is damaged; restore the named file from a copy, or take a new full backup.",
         ),
+        E::NoArchive { .. } => (
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "Archive into this repository first (archive_library = 'pg_blockbackup'), or name the repository that holds the archive.",
+        ),
     };
     raise(code, format!("WAL archive: {error}"), None, Some(hint))
 }

@@ -4,7 +4,8 @@
 //! pg_blockbackup --repository DIR list
 //! pg_blockbackup --repository DIR validate [BACKUP_ID]
 //! pg_blockbackup --repository DIR archive-push WAL_PATH [--compress CODEC] [--compress-level N]
-//! pg_blockbackup --repository DIR archive-get WAL_NAME TARGET_PATH
+//! pg_blockbackup --repository DIR archive-get WAL_NAME TARGET_PATH [--prefetch MB]
+//! pg_blockbackup --repository DIR prefetch-clear WAL_DIR
 //! pg_blockbackup --repository DIR restore [BACKUP_ID] TARGET_DIR
 //!                [--tablespace-mapping OLD=NEW]... [--parallel N] [--pgdata DIR]
 //!                [--recovery-target-lsn LSN | --recovery-target-name NAME | --recovery-target-time TIME
@@ -24,6 +25,13 @@
 //! status above 125 makes PostgreSQL stop recovery with a FATAL error
 //! instead of taking the missing WAL for the end of the archive and
 //! promoting early.
+//!
+//! With `--prefetch MB`, `archive-get` also starts a process of its own
+//! (`archive-prefetch`, not for direct use) that fetches up to MB megabytes
+//! of the following segments into `pg_blockbackup_prefetch/` beside
+//! TARGET_PATH while the server replays, and serves the next request from
+//! there (see the pure crate's `wal::prefetch`); `prefetch-clear`, the
+//! restored cluster's `recovery_end_command`, removes that queue.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -34,17 +42,19 @@ use blockbackup_core::compress::Compression;
 use blockbackup_core::repository::catalog::BackupStatus;
 use blockbackup_core::repository::upkeep;
 use blockbackup_core::repository::Repository;
-use blockbackup_core::restore::recovery_target::archive_get_command;
+use blockbackup_core::restore::recovery_target::ArchiveCommands;
 use blockbackup_core::restore::target::{data_directory_places, DestinationRules, ForbiddenPlace};
 use blockbackup_core::restore::{restore_backup, RecoveryExtras, RestoreOptions};
-use blockbackup_core::wal::{ranges, PushOutcome, WalArchive};
+use blockbackup_core::wal::prefetch::{segments_in, PREFETCH_DIR};
+use blockbackup_core::wal::{ranges, PrefetchQueue, PushOutcome, WalArchive, WalFileName};
 use blockbackup_core::Lsn;
 
 const USAGE: &str = "usage:
   pg_blockbackup --repository DIR list
   pg_blockbackup --repository DIR validate [BACKUP_ID]
   pg_blockbackup --repository DIR archive-push WAL_PATH [--compress none|gzip|zstd|lz4] [--compress-level N]
-  pg_blockbackup --repository DIR archive-get WAL_NAME TARGET_PATH
+  pg_blockbackup --repository DIR archive-get WAL_NAME TARGET_PATH [--prefetch MB]
+  pg_blockbackup --repository DIR prefetch-clear WAL_DIR
   pg_blockbackup --repository DIR restore [BACKUP_ID] TARGET_DIR
                  [--tablespace-mapping OLD=NEW]... [--parallel N]
                  [--pgdata DIR]   (default $PGDATA: a data directory the restore must stay away from)
@@ -115,7 +125,8 @@ fn run(args: &[String]) -> Result<(), Failure> {
             "--repository" => repository = Some(next_value(&mut iter, arg)?),
             flag if RESTORE_OPTIONS.contains(&flag)
                 || flag == "--compress"
-                || flag == "--compress-level" =>
+                || flag == "--compress-level"
+                || flag == "--prefetch" =>
             {
                 options.push((arg.clone(), next_value(&mut iter, arg)?))
             }
@@ -134,6 +145,7 @@ fn run(args: &[String]) -> Result<(), Failure> {
     let allowed: &[&str] = match rest.first().map(String::as_str) {
         Some("restore") => RESTORE_OPTIONS,
         Some("archive-push") => &["--compress", "--compress-level"],
+        Some("archive-get" | "archive-prefetch") => &["--prefetch"],
         _ => &[],
     };
     if let Some((flag, _)) = options
@@ -154,7 +166,9 @@ fn run(args: &[String]) -> Result<(), Failure> {
         ["restore", id, target] => Ok(restore(&repo, Some(id), target, &options)?),
         ["restore", target] => Ok(restore(&repo, None, target, &options)?),
         ["archive-push", path] => Ok(archive_push(&repo, path, &options)?),
-        ["archive-get", name, target] => archive_get(&repo, name, target),
+        ["archive-get", name, target] => archive_get(&repo, name, target, prefetch_mb(&options)?),
+        ["archive-prefetch", name, queue] => archive_prefetch(&repo, name, queue, &options),
+        ["prefetch-clear", wal_dir] => Ok(prefetch_clear(&repo, wal_dir)?),
         _ => Err(USAGE.into()),
     }
 }
@@ -253,12 +267,122 @@ fn archive_push(repo: &Repository, path: &str, options: &[(String, String)]) -> 
 }
 
 /// For `restore_command = 'pg_blockbackup --repository R archive-get %f %p'`.
-fn archive_get(repo: &Repository, name: &str, target: &str) -> Result<(), Failure> {
-    match WalArchive::new(repo).get(name, std::path::Path::new(target)) {
-        Ok(true) => Ok(()),
+/// With a prefetch budget, a segment already fetched ahead is moved into
+/// place, and a filler is started for the ones that follow. Whatever goes
+/// wrong with the queue only costs speed: the request then fetches itself.
+fn archive_get(
+    repo: &Repository,
+    name: &str,
+    target: &str,
+    prefetch_mb: Option<u64>,
+) -> Result<(), Failure> {
+    let target = std::path::Path::new(target);
+    let queued = prefetch_mb
+        .zip(WalFileName::parse(name).filter(WalFileName::is_segment))
+        .map(|(mb, parsed)| (mb, parsed, PrefetchQueue::beside(target, &owner_of(repo))));
+    if let Some((mb, parsed, queue)) = &queued {
+        match queue.take(parsed, target) {
+            Ok(true) => {
+                start_filler(repo, name, queue.dir(), *mb);
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(error) => eprintln!(
+                "pg_blockbackup: warning: not fetching ahead into \"{}\": {error}",
+                queue.dir().display()
+            ),
+        }
+    }
+    match WalArchive::new(repo).get(name, target) {
+        Ok(true) => {
+            if let Some((mb, _, queue)) = &queued {
+                start_filler(repo, name, queue.dir(), *mb);
+            }
+            Ok(())
+        }
         Ok(false) => Err(Failure::NotInArchive),
         Err(error) => Err(Failure::Error(error.to_string())),
     }
+}
+
+/// The repository a queue answers for.
+fn owner_of(repo: &Repository) -> String {
+    repo.root().to_string_lossy().into_owned()
+}
+
+/// `--prefetch MB`: None without it or with 0.
+fn prefetch_mb(options: &[(String, String)]) -> Result<Option<u64>, String> {
+    options
+        .iter()
+        .find(|(flag, _)| flag == "--prefetch")
+        .map(|(_, value)| {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|mb| *mb <= 1 << 20)
+                .ok_or_else(|| "--prefetch takes a number of megabytes".to_owned())
+        })
+        .transpose()
+        .map(|mb| mb.filter(|&mb| mb > 0))
+}
+
+/// Starts `archive-prefetch` in a process group of its own, with no
+/// standard streams: archive-get returns at once and the server's
+/// recovery goes on while it fetches. Not started is only slower.
+fn start_filler(repo: &Repository, name: &str, queue: &std::path::Path, mb: u64) {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let started = std::env::current_exe().and_then(|program| {
+        Command::new(program)
+            .arg("--repository")
+            .arg(repo.root())
+            .arg("archive-prefetch")
+            .arg(name)
+            .arg(queue)
+            .arg("--prefetch")
+            .arg(mb.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+    });
+    if let Err(error) = started {
+        eprintln!("pg_blockbackup: warning: could not start fetching ahead: {error}");
+    }
+}
+
+/// The filler archive-get starts: fetches the segments after `name` into
+/// the queue in `queue_dir`. Its failures are the next request's to meet.
+fn archive_prefetch(
+    repo: &Repository,
+    name: &str,
+    queue_dir: &str,
+    options: &[(String, String)],
+) -> Result<(), Failure> {
+    let parsed = WalFileName::parse(name)
+        .filter(WalFileName::is_segment)
+        .ok_or_else(|| format!("\"{name}\" is not the name of a WAL segment"))?;
+    let mb = prefetch_mb(options)?.ok_or("--prefetch is required")?;
+    let archive = WalArchive::new(repo);
+    let segment_size = match archive.segment_size() {
+        Ok(Some(size)) => size,
+        Ok(None) => return Ok(()),
+        Err(error) => return Err(Failure::Error(error.to_string())),
+    };
+    let queue = PrefetchQueue::in_dir(std::path::Path::new(queue_dir), &owner_of(repo));
+    queue
+        .fill(&archive, &parsed, segments_in(mb << 20, segment_size))
+        .map_err(|error| Failure::Error(error.to_string()))?;
+    Ok(())
+}
+
+/// For `recovery_end_command`: the queue of `wal_dir` goes.
+fn prefetch_clear(repo: &Repository, wal_dir: &str) -> Result<(), String> {
+    let dir = std::path::Path::new(wal_dir).join(PREFETCH_DIR);
+    PrefetchQueue::in_dir(&dir, &owner_of(repo))
+        .clear()
+        .map_err(|error| format!("could not remove \"{}\": {error}", dir.display()))
 }
 
 fn validate(repo: &Repository, id: Option<&str>) -> Result<(), String> {
@@ -341,7 +465,7 @@ fn restore(
         recovery_target_lsn: None,
         recovery_target_name: None,
         recovery: RecoveryExtras::default(),
-        archive_restore_command: Some(archive_get_command(&program, repo.root())),
+        archive_commands: Some(ArchiveCommands::new(&program, repo.root())),
         threads: 1,
         rules,
     };

@@ -142,7 +142,7 @@ fn options(target: &Path) -> RestoreOptions {
         recovery_target_lsn: None,
         recovery_target_name: None,
         recovery: Default::default(),
-        archive_restore_command: None,
+        archive_commands: None,
         threads: 1,
         rules: Default::default(),
     }

@@ -79,7 +79,7 @@ fn options(target: &Path) -> RestoreOptions {
         recovery_target_lsn: None,
         recovery_target_name: None,
         recovery: Default::default(),
-        archive_restore_command: None,
+        archive_commands: None,
         threads: 2,
         rules: Default::default(),
     }

@@ -253,7 +253,7 @@ fn a_restored_chain_verifies_starts_and_has_the_data() {
         recovery_target_lsn: None,
         recovery_target_name: None,
         recovery: Default::default(),
-        archive_restore_command: None,
+        archive_commands: None,
         threads: 2,
         rules: Default::default(),
     };
@@ -289,7 +289,7 @@ fn a_restored_chain_verifies_starts_and_has_the_data() {
         recovery_target_lsn: Some(Lsn(stop_lsn.0)),
         recovery_target_name: None,
         recovery: Default::default(),
-        archive_restore_command: None,
+        archive_commands: None,
         threads: 3,
         rules: Default::default(),
     };

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use blockbackup_core::compress::Compression;
 use blockbackup_core::repository::Repository;
-use blockbackup_core::wal::{ranges, ArchiveError, PushOutcome, WalArchive, WalFileName};
+use blockbackup_core::wal::{
+    ranges, ArchiveError, PrefetchQueue, PushOutcome, WalArchive, WalFileName,
+};
 use proptest::prelude::*;
 
 const SYSID: u64 = 7_300_000_000_000_000_001;
@@ -223,13 +225,19 @@ fn absent_is_not_an_error_and_a_torn_temporary_is_absent() {
     let archive = WalArchive::new(&s.repo);
     let name = "000000010000000000000009";
     let target = s.out.join(name);
+    // No archive at all is an error (recovery must stop), not the end of WAL.
+    assert!(matches!(
+        archive.get(name, &target),
+        Err(ArchiveError::NoArchive { .. })
+    ));
+    push_run(&s, 1, 1, Compression::None);
     assert!(!archive.get(name, &target).unwrap());
     assert!(!target.exists());
     let group = s.repo.path_of("archive/0000000100000000");
     fs::create_dir_all(&group).unwrap();
     fs::write(group.join(format!(".{name}-00000000.zst.tmp-1-0")), b"torn").unwrap();
     assert!(!archive.get(name, &target).unwrap());
-    assert!(archive.list().unwrap().is_empty());
+    assert_eq!(archive.list().unwrap().len(), 1, "the torn temporary was listed");
 }
 
 fn damage_is_an_error(codec: Compression, offset: usize, truncate: bool) {
@@ -272,4 +280,102 @@ proptest! {
     fn a_cut_of_any_codec_is_found(codec in 0usize..4, offset in any::<usize>()) {
         damage_is_an_error(Compression::ALL[codec], offset, true);
     }
+}
+
+/// Pushes segments `first..=last` (numbers) of timeline 1 with `codec`.
+fn push_run(s: &Setup, first: u64, last: u64, codec: Compression) -> Vec<String> {
+    let archive = WalArchive::new(&s.repo);
+    (first..=last)
+        .map(|n| {
+            let name = WalFileName::segment(1, n, SEG).to_string();
+            let source = write(&s.wal, &name, &segment_bytes(&name, SYSID, n as u8));
+            archive
+                .push(&name, &source, codec, codec.default_level())
+                .unwrap();
+            name
+        })
+        .collect()
+}
+
+#[test]
+fn the_queue_holds_what_the_archive_gives_and_stops_where_it_ends() {
+    let s = setup();
+    let names = push_run(&s, 3, 6, Compression::Zstd);
+    let archive = WalArchive::new(&s.repo);
+    let target = s.out.join("RECOVERYXLOG");
+    let owner = s.repo.root().to_string_lossy().into_owned();
+    let queue = PrefetchQueue::beside(&target, &owner);
+    let first = WalFileName::parse(&names[0]).unwrap();
+    assert!(!queue.take(&first, &target).unwrap());
+    assert!(archive.get(&names[0], &target).unwrap());
+    // Eight ahead asked for, three archived: it stops at the end.
+    assert_eq!(queue.fill(&archive, &first, 8).unwrap(), 3);
+    assert_eq!(queue.fill(&archive, &first, 8).unwrap(), 0);
+    for name in &names[1..] {
+        let parsed = WalFileName::parse(name).unwrap();
+        assert!(queue.take(&parsed, &target).unwrap(), "{name} not queued");
+        assert_eq!(
+            fs::read(&target).unwrap(),
+            fs::read(s.wal.join(name)).unwrap()
+        );
+    }
+    // Past the end: not queued, and the archive does not hold it either.
+    let after = WalFileName::segment(1, 7, SEG);
+    assert!(!queue.take(&after, &target).unwrap());
+    queue.clear().unwrap();
+    assert!(!queue.dir().exists());
+    assert_eq!(
+        queue.fill(&archive, &first, 8).unwrap(),
+        0,
+        "a cleared queue was filled"
+    );
+}
+
+#[test]
+fn a_damaged_segment_is_never_queued_and_the_request_meets_the_damage() {
+    let s = setup();
+    let names = push_run(&s, 1, 3, Compression::None);
+    let stored = stored_path(&s, &names[1]);
+    let mut bytes = fs::read(&stored).unwrap();
+    bytes[1000] ^= 0xFF;
+    fs::write(&stored, bytes).unwrap();
+    let archive = WalArchive::new(&s.repo);
+    let target = s.out.join("RECOVERYXLOG");
+    let owner = s.repo.root().to_string_lossy().into_owned();
+    let queue = PrefetchQueue::beside(&target, &owner);
+    let first = WalFileName::parse(&names[0]).unwrap();
+    assert!(!queue.take(&first, &target).unwrap());
+    assert!(matches!(
+        queue.fill(&archive, &first, 8),
+        Err(ArchiveError::Damaged { .. })
+    ));
+    let second = WalFileName::parse(&names[1]).unwrap();
+    assert!(
+        !queue.take(&second, &target).unwrap(),
+        "a damaged segment was queued"
+    );
+    let leftovers: Vec<_> = fs::read_dir(queue.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("0000"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(matches!(
+        archive.get(&names[1], &target),
+        Err(ArchiveError::Damaged { .. })
+    ));
+}
+
+#[test]
+fn a_stopped_queue_fetches_nothing_more() {
+    let s = setup();
+    let names = push_run(&s, 1, 3, Compression::Lz4);
+    let archive = WalArchive::new(&s.repo);
+    let target = s.out.join("RECOVERYXLOG");
+    let owner = s.repo.root().to_string_lossy().into_owned();
+    let queue = PrefetchQueue::beside(&target, &owner);
+    let first = WalFileName::parse(&names[0]).unwrap();
+    assert!(!queue.take(&first, &target).unwrap());
+    fs::write(queue.dir().join("stop"), "").unwrap();
+    assert_eq!(queue.fill(&archive, &first, 8).unwrap(), 0);
 }

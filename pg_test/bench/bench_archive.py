@@ -15,11 +15,12 @@ each figure next to its peer measured in the same run on the same cluster:
     (compress-type none, zst level 3); goals: ours uncompressed at most cp's
     time, ours faster than pgBackRest with the same compression;
   * archive-get of each drain's segments, one process per segment, ours
-    against pgBackRest's of the same compression (goal: ours faster);
+    against pgBackRest's of the same compression, interleaved segment by
+    segment (goal: ours faster);
   * recovery: take_backup('full'), ~1 GB of pgbench WAL archived, then from
     `pg_ctl start` of restore_backup(..., recovery_target => 'latest') until
-    pg_is_in_recovery() is false, through restore_command (archive-get)
-    against the same restore with the segments in its pg_wal and
+    pg_is_in_recovery() is false, through the restore_command restore_backup
+    writes (archive-get, fetching ahead) against the same restore with the segments in its pg_wal and
     restore_command = '/bin/false' (goal: at most 1.3x).
 
 Usage: python3 pg_test/bench/bench_archive.py [--scale 50] [--seconds 60]
@@ -325,42 +326,56 @@ def drains(td, cluster, repo, figures, args, rests, seg_size):
 
 # ---- 3. archive-get -----------------------------------------------------------------
 
-def archive_gets(td, figures, key, what, argv_of, names, seg_size):
-    """`argv_of(name, target)` run once per segment, as postgres; no row
-    (and a printed reason) when one fails."""
-    into = td.subdir(f"get_{key}")
-    began = time.monotonic()
-    for name in names:
-        proc = run(argv_of(name, os.path.join(into, name)), as_postgres=True, timeout=300,
-                   check=False)
-        if proc.returncode != 0:
-            print(f"# {what} of {name} failed (exit {proc.returncode}), no row: "
-                  f"{proc.stderr.strip()[:500]}")
-            shutil.rmtree(into)
-            return
-    secs = time.monotonic() - began
-    wrong = [n for n in names if os.path.getsize(os.path.join(into, n)) != seg_size]
-    assert not wrong, f"{what}: {wrong[0]} came back with another size"
-    command = shown(argv_of("NAME", os.path.join(into, "NAME")))
-    figures.add(key, f"archive-get of {len(names)} segments: {what}",
-                command + " (as postgres, one process per segment)",
-                f"{secs / len(names) * 1000:.1f} ms/segment ({secs:.2f} s)",
-                value=secs / len(names))
-    shutil.rmtree(into)
+def archive_gets(td, figures, methods, seg_size):
+    """Each of `methods` ((key, what, argv_of, names)) fetches its segments
+    one process per segment, as postgres, interleaved segment by segment
+    and in turn first, so that every method meets the same state of the
+    disk; no row (and a printed reason) for a method whose fetch fails."""
+    intos = {key: td.subdir(f"get_{key}") for key, *_ in methods}
+    spent = {key: 0.0 for key, *_ in methods}
+    failed = set()
+    count = min(len(names) for *_, names in methods)
+    for i in range(count):
+        turn = methods[i % len(methods):] + methods[:i % len(methods)]
+        for key, what, argv_of, names in turn:
+            if key in failed:
+                continue
+            began = time.monotonic()
+            proc = run(argv_of(names[i], os.path.join(intos[key], names[i])), as_postgres=True,
+                       timeout=300, check=False)
+            spent[key] += time.monotonic() - began
+            if proc.returncode != 0:
+                print(f"# {what} of {names[i]} failed (exit {proc.returncode}), no row: "
+                      f"{proc.stderr.strip()[:500]}")
+                failed.add(key)
+    for key, what, argv_of, names in methods:
+        into = intos[key]
+        if key not in failed:
+            wrong = [n for n in names[:count]
+                     if os.path.getsize(os.path.join(into, n)) != seg_size]
+            assert not wrong, f"{what}: {wrong[0]} came back with another size"
+            secs = spent[key]
+            command = shown(argv_of("NAME", os.path.join(into, "NAME")))
+            figures.add(key, f"archive-get of {count} segments: {what}",
+                        command + " (as postgres, one process per segment, interleaved "
+                        "with the peer's)",
+                        f"{secs / count * 1000:.1f} ms/segment ({secs:.2f} s)",
+                        value=secs / count)
+        shutil.rmtree(into)
 
 
 def fetches(td, repo, figures, rests, seg_size):
     cli = bk.require_cli()
     for codec, kind in (("none", "none"), ("zstd", "zst")):
         names = figures.rows[f"drain_ours_{codec}"]["names"]
-        archive_gets(td, figures, f"get_ours_{codec}", f"ours ({codec})",
-                     lambda n, t: [cli, "--repository", repo, "archive-get", n, t], names, seg_size)
+        methods = [(f"get_ours_{codec}", f"ours ({codec})",
+                    lambda n, t: [cli, "--repository", repo, "archive-get", n, t], names)]
         peer = figures.rows.get(f"drain_pgbackrest_{kind}")
         if peer:
             rest = rests[kind]
-            archive_gets(td, figures, f"get_pgbackrest_{kind}", f"pgBackRest ({kind})",
-                         lambda n, t, r=rest: r.argv("archive-get", n, t), peer["names"],
-                         seg_size)
+            methods.append((f"get_pgbackrest_{kind}", f"pgBackRest ({kind})",
+                            lambda n, t, r=rest: r.argv("archive-get", n, t), peer["names"]))
+        archive_gets(td, figures, methods, seg_size)
 
 
 # ---- 4. recovery ---------------------------------------------------------------------
@@ -377,6 +392,8 @@ def recover(target, history):
     got = target.sql_value("SELECT count(*) FROM pgbench_history")
     assert got == history, f"recovery stopped early: {got} of {history} pgbench transactions"
     assert target.timeline() > 1, "a restored cluster must run on a timeline of its own"
+    queue = os.path.join(target.wal_dir, "pg_blockbackup_prefetch")
+    assert not os.path.exists(queue), "the prefetch queue outlived recovery"
     target.stop()
     shutil.rmtree(target.root)
     return secs
@@ -413,7 +430,7 @@ def recovery(td, cluster, repo, figures, args, seg_size):
     target, query = restored("recover_archive")
     secs = recover(target, history)
     what = f"recovery of {wal_bytes / MB:.0f} MB of WAL ({len(names)} segments)"
-    figures.add("recovery_archive", f"{what} through restore_command (archive-get, zstd)",
+    figures.add("recovery_archive", f"{what} through restore_command (archive-get --prefetch 128, zstd)",
                 f"{query}; pg_ctl start", f"{secs:.2f} s", value=secs)
 
     target, query = restored("recover_local")

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use blockbackup_core::repository::Repository;
 use blockbackup_core::restore::conf_file;
-use blockbackup_core::restore::recovery_target::archive_get_command;
+use blockbackup_core::restore::recovery_target::ArchiveCommands;
 use blockbackup_core::restore::target::{
     data_directory_places, resolved, DestinationRules, ForbiddenPlace,
 };
@@ -41,7 +41,7 @@ pub struct RestoreRequest {
 pub fn restore(request: RestoreRequest) -> (String, RestoreStats) {
     let repo = repository_access::open_for_writing();
     let rules = destination_rules(&repo);
-    let archive_restore_command = archive_restore_command(&repo);
+    let archive_commands = archive_commands(&repo);
     let mut tablespace_mapping = Vec::new();
     if let Some(mapping) = &request.tablespace_mapping {
         let Some(entries) = mapping.as_object() else {
@@ -67,7 +67,7 @@ pub fn restore(request: RestoreRequest) -> (String, RestoreStats) {
         recovery_target_lsn: request.recovery_target_lsn,
         recovery_target_name: request.recovery_target_name,
         recovery: request.recovery,
-        archive_restore_command,
+        archive_commands,
         threads: settings::PARALLEL.get().max(1) as usize,
         rules,
     };
@@ -84,11 +84,11 @@ pub fn restore(request: RestoreRequest) -> (String, RestoreStats) {
     })
 }
 
-/// The restored cluster's `restore_command` when the repository has a WAL
-/// archive: the offline command installed next to `postgres`, fetching
-/// from this repository. None without an archive (the backup's own WAL
+/// The restored cluster's `restore_command` and `recovery_end_command`
+/// when the repository has a WAL archive: the offline command installed
+/// next to `postgres`, fetching from this repository. None without an archive (the backup's own WAL
 /// then); an error when there is one but the command is missing.
-fn archive_restore_command(repo: &Repository) -> Option<String> {
+fn archive_commands(repo: &Repository) -> Option<ArchiveCommands> {
     let has_archive = WalArchive::new(repo)
         .segment_size()
         .unwrap_or_else(|e| errors::archive(e))
@@ -107,7 +107,7 @@ fn archive_restore_command(repo: &Repository) -> Option<String> {
     if !program.is_file() {
         errors::archive_command_missing(&program);
     }
-    Some(archive_get_command(&program, repo.root()))
+    Some(ArchiveCommands::new(&program, repo.root()))
 }
 
 /// Where this session's restore may write: apart from the data directory,

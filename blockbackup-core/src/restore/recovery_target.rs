@@ -196,14 +196,14 @@ pub struct ArchiveContext {
     /// Every restore point the repository recorded.
     pub points: Vec<RestorePoint>,
     /// What the restored cluster runs to fetch from the archive.
-    pub restore_command: String,
+    pub commands: ArchiveCommands,
 }
 
 impl ArchiveContext {
     /// The archive of `repository`, None while it holds no segment.
     pub fn load(
         repository: &Repository,
-        restore_command: String,
+        commands: ArchiveCommands,
     ) -> Result<Option<Self>, RestoreError> {
         let archive = WalArchive::new(repository);
         let wal = |e: ArchiveError| bad(format!("the WAL archive cannot be read: {e}"));
@@ -231,7 +231,7 @@ impl ArchiveContext {
             segment_size,
             histories,
             points,
-            restore_command,
+            commands,
         }))
     }
 
@@ -460,20 +460,37 @@ pub fn choose_backup<'r>(
     })
 }
 
-/// The `restore_command` that runs `program` (the offline command, by its
-/// absolute path) to fetch WAL from the repository at `repository`: each
-/// path quoted for the shell PostgreSQL runs it with, and `%` doubled, as
-/// PostgreSQL replaces `%f`, `%p`, `%r` and `%%` in it.
-pub fn archive_get_command(program: &std::path::Path, repository: &std::path::Path) -> String {
-    let quote = |path: &std::path::Path| {
-        let text = path.to_string_lossy().replace('%', "%%");
-        format!("'{}'", text.replace('\'', "'\\''"))
-    };
-    format!(
-        "{} --repository {} archive-get %f %p",
-        quote(program),
-        quote(repository)
-    )
+/// How many megabytes of WAL a restored cluster's `restore_command`
+/// fetches ahead of replay (pgBackRest's `archive-get-queue-max` is the
+/// same 128 MB): eight 16 MB segments.
+pub const PREFETCH_MB: u64 = 128;
+
+/// What a restored cluster runs to use the archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveCommands {
+    /// Fetches `%f` into `%p`, and the segments after it ahead of replay.
+    pub restore_command: String,
+    /// Removes what was fetched ahead and not replayed.
+    pub recovery_end_command: String,
+}
+
+impl ArchiveCommands {
+    /// The commands that run `program` (the offline command, by its
+    /// absolute path) on the repository at `repository`: each path quoted
+    /// for the shell PostgreSQL runs them with, and `%` doubled, as
+    /// PostgreSQL replaces `%f`, `%p`, `%r` and `%%` in them. Both run in
+    /// the data directory.
+    pub fn new(program: &std::path::Path, repository: &std::path::Path) -> Self {
+        let quote = |path: &std::path::Path| {
+            let text = path.to_string_lossy().replace('%', "%%");
+            format!("'{}'", text.replace('\'', "'\\''"))
+        };
+        let base = format!("{} --repository {}", quote(program), quote(repository));
+        ArchiveCommands {
+            restore_command: format!("{base} archive-get --prefetch {PREFETCH_MB} %f %p"),
+            recovery_end_command: format!("{base} prefetch-clear pg_wal"),
+        }
+    }
 }
 
 /// The `postgresql.auto.conf` settings of `request`, in order.
@@ -483,8 +500,17 @@ pub fn recovery_settings(
 ) -> Vec<(&'static str, String)> {
     let mut settings = vec![(
         "restore_command",
-        archive.map_or_else(|| "/bin/false".to_owned(), |a| a.restore_command.clone()),
+        archive.map_or_else(
+            || "/bin/false".to_owned(),
+            |a| a.commands.restore_command.clone(),
+        ),
     )];
+    if let Some(archive) = archive {
+        settings.push((
+            "recovery_end_command",
+            archive.commands.recovery_end_command.clone(),
+        ));
+    }
     let inclusive = |settings: &mut Vec<(&'static str, String)>, default: bool| {
         let on = request.inclusive.unwrap_or(default);
         settings.push((
@@ -563,12 +589,17 @@ mod tests {
     #[test]
     fn the_restore_command_survives_the_shell_and_the_placeholders() {
         use std::path::Path;
+        let commands = ArchiveCommands::new(
+            Path::new("/usr/bin/pg_blockbackup"),
+            Path::new("/var/lib/it's 100%"),
+        );
         assert_eq!(
-            archive_get_command(
-                Path::new("/usr/bin/pg_blockbackup"),
-                Path::new("/var/lib/it's 100%")
-            ),
-            "'/usr/bin/pg_blockbackup' --repository '/var/lib/it'\\''s 100%%' archive-get %f %p"
+            commands.restore_command,
+            "'/usr/bin/pg_blockbackup' --repository '/var/lib/it'\\''s 100%%' archive-get --prefetch 128 %f %p"
+        );
+        assert_eq!(
+            commands.recovery_end_command,
+            "'/usr/bin/pg_blockbackup' --repository '/var/lib/it'\\''s 100%%' prefetch-clear pg_wal"
         );
     }
 

@@ -59,7 +59,8 @@ use crate::restore::rebuild::{
     CrcWriter, ReconstructedFile, RestoreError, Version,
 };
 use crate::restore::recovery_target::{
-    self, check_target, choose_backup, ArchiveContext, RecoveryArguments, RecoveryRequest,
+    self, check_target, choose_backup, ArchiveCommands, ArchiveContext, RecoveryArguments,
+    RecoveryRequest,
 };
 use crate::restore::target::DestinationRules;
 use crate::safe_fs::{open_regular_beneath, TargetTree};
@@ -80,11 +81,11 @@ pub struct RestoreOptions {
     /// The other targets and how to reach them (time, xid, 'immediate' or
     /// 'latest', timeline, inclusive).
     pub recovery: RecoveryExtras,
-    /// The `restore_command` that fetches WAL from the repository's
-    /// archive (the offline command's `archive-get %f %p`): with it, and
-    /// an archive that holds WAL, recovery goes past the backup's own WAL;
-    /// without it, a restore uses the backup's WAL only.
-    pub archive_restore_command: Option<String>,
+    /// The commands that fetch WAL from the repository's archive (the
+    /// offline command's `archive-get %f %p`): with them, and an archive
+    /// that holds WAL, recovery goes past the backup's own WAL; without
+    /// them, a restore uses the backup's WAL only.
+    pub archive_commands: Option<ArchiveCommands>,
     /// Worker threads (0 counts as 1).
     pub threads: usize,
     /// Where the target and mapped tablespaces may go.
@@ -201,7 +202,7 @@ struct PlacedTablespace {
 /// deletion or expiry removes a file it still needs.
 ///
 /// With no `backup_id`, the newest usable backup from which the recovery
-/// target can be reached is restored. With `options.archive_restore_command`
+/// target can be reached is restored. With `options.archive_commands`
 /// and a WAL archive in the repository, recovery fetches from the archive.
 pub fn restore_backup(
     repository: &Repository,
@@ -210,8 +211,8 @@ pub fn restore_backup(
     poll: &mut dyn FnMut(&RestoreProgress) -> ControlFlow<()>,
 ) -> Result<(String, RestoreStats), RestoreError> {
     let request = options.recovery_request()?;
-    let archive = match &options.archive_restore_command {
-        Some(command) => ArchiveContext::load(repository, command.clone())?,
+    let archive = match &options.archive_commands {
+        Some(commands) => ArchiveContext::load(repository, commands.clone())?,
         None => None,
     };
     let backup_id = match backup_id {

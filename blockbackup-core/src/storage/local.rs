@@ -21,6 +21,9 @@ use crate::safe_fs::open_regular_beneath;
 use crate::safe_path::safe_relative_path;
 
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// A replaced file is handed to the disk in steps of this size while it is
+/// written, so that its final fsync waits for the last step only.
+const WRITEBACK_STEP_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug)]
 pub struct LocalStorage {
@@ -126,6 +129,8 @@ impl Storage for LocalStorage {
             file: Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file)),
             temporary,
             target: full,
+            written: 0,
+            handed: 0,
         }))
     }
 
@@ -263,6 +268,10 @@ struct Replacing {
     file: Option<BufWriter<File>>,
     temporary: PathBuf,
     target: PathBuf,
+    /// Bytes given to the writer.
+    written: u64,
+    /// Bytes whose writeback was started.
+    handed: u64,
 }
 
 impl Replacing {
@@ -271,15 +280,34 @@ impl Replacing {
             .as_mut()
             .ok_or_else(|| io::Error::other("the file was finished"))
     }
+
+    /// Starts writeback of what reached the kernel since the last step, a
+    /// step at a time: the disk writes while the rest is still coming.
+    fn hand_to_disk(&mut self) {
+        let Some(file) = self.file.as_ref() else {
+            return;
+        };
+        let in_kernel = self.written - file.buffer().len() as u64;
+        if in_kernel - self.handed >= WRITEBACK_STEP_BYTES {
+            start_writeback_range(file.get_ref(), self.handed, in_kernel - self.handed);
+            self.handed = in_kernel;
+        }
+    }
 }
 
 impl Write for Replacing {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file()?.write(buf)
+        let wrote = self.file()?.write(buf)?;
+        self.written += wrote as u64;
+        self.hand_to_disk();
+        Ok(wrote)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file()?.write_all(buf)
+        self.file()?.write_all(buf)?;
+        self.written += buf.len() as u64;
+        self.hand_to_disk();
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -329,3 +357,24 @@ fn start_writeback(file: &File) {
 
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File) {}
+
+/// [`start_writeback`] of `length` bytes from `offset`.
+#[cfg(target_os = "linux")]
+fn start_writeback_range(file: &File, offset: u64, length: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(length)) else {
+        return;
+    };
+    // SAFETY: a valid open descriptor; the call only reads its arguments.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset,
+            length,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback_range(_file: &File, _offset: u64, _length: u64) {}

@@ -96,6 +96,8 @@ pub enum ArchiveError {
     Damaged { stored: String, detail: String },
     #[error("the archive's description \"{path}\" is damaged: {detail}")]
     BadInfo { path: String, detail: String },
+    #[error("the repository \"{repository}\" holds no WAL archive (\"{path}\" is missing): nothing was ever archived into it, or its archive was removed")]
+    NoArchive { repository: String, path: String },
 }
 
 /// One stored file of the archive.
@@ -388,18 +390,23 @@ impl<'r> WalArchive<'r> {
 
     /// Writes the archived file `name` to `target`, checked: Ok(false) when
     /// the archive does not hold it. Damage is an error and leaves no file
-    /// at `target`. For `restore_command`: the file is not synced.
+    /// at `target`, and so is a repository without an archive: an archive
+    /// gone missing must stop recovery, not look like its end. For
+    /// `restore_command`: the file is not synced.
     pub fn get(&self, name: &str, target: &Path) -> Result<bool, ArchiveError> {
         let parsed = WalFileName::parse(name).ok_or_else(|| ArchiveError::InvalidName {
             name: name.to_owned(),
         })?;
+        let Some(segment_size) = self.segment_size()? else {
+            return Err(ArchiveError::NoArchive {
+                repository: self.repository.root().display().to_string(),
+                path: INFO_FILE.to_owned(),
+            });
+        };
         let Some(stored) = self.find(&parsed)? else {
             return Ok(false);
         };
-        let expected_size = match parsed.kind {
-            WalFileKind::Segment => self.segment_size()?,
-            _ => None,
-        };
+        let expected_size = (parsed.kind == WalFileKind::Segment).then_some(segment_size);
         let write_error = |e| ArchiveError::WriteTarget {
             path: target.to_owned(),
             source: e,
