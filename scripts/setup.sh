@@ -84,6 +84,7 @@ pg16_share=$("$PG16_CONFIG" --sharedir)/extension
 if [[ "$(cat "$pg16_share/.contrib-sha256" 2>/dev/null)" != "$PG16_CONTRIB_SHA256 ${PG16_CONTRIB_MODULES[*]}" ]]; then
     echo "setup: installing ${PG16_CONTRIB_MODULES[*]} for PostgreSQL 16 ($PG16_CONTRIB_PACKAGE)"
     if ! command -v npm >/dev/null; then
+        apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
     fi
     pack_dir=$(mktemp -d)
