@@ -237,7 +237,11 @@ fn absent_is_not_an_error_and_a_torn_temporary_is_absent() {
     fs::create_dir_all(&group).unwrap();
     fs::write(group.join(format!(".{name}-00000000.zst.tmp-1-0")), b"torn").unwrap();
     assert!(!archive.get(name, &target).unwrap());
-    assert_eq!(archive.list().unwrap().len(), 1, "the torn temporary was listed");
+    assert_eq!(
+        archive.list().unwrap().len(),
+        1,
+        "the torn temporary was listed"
+    );
 }
 
 fn damage_is_an_error(codec: Compression, offset: usize, truncate: bool) {
@@ -297,16 +301,23 @@ fn push_run(s: &Setup, first: u64, last: u64, codec: Compression) -> Vec<String>
         .collect()
 }
 
+/// The queue beside `out/RECOVERYXLOG`, after recovery asked for `name`
+/// (not queued yet): the target, the queue and the parsed name.
+fn first_request(s: &Setup, name: &str) -> (PathBuf, PrefetchQueue, WalFileName) {
+    let target = s.out.join("RECOVERYXLOG");
+    let owner = s.repo.root().to_string_lossy().into_owned();
+    let queue = PrefetchQueue::beside(&target, &owner);
+    let first = WalFileName::parse(name).unwrap();
+    assert!(!queue.take(&first, &target).unwrap());
+    (target, queue, first)
+}
+
 #[test]
 fn the_queue_holds_what_the_archive_gives_and_stops_where_it_ends() {
     let s = setup();
     let names = push_run(&s, 3, 6, Compression::Zstd);
     let archive = WalArchive::new(&s.repo);
-    let target = s.out.join("RECOVERYXLOG");
-    let owner = s.repo.root().to_string_lossy().into_owned();
-    let queue = PrefetchQueue::beside(&target, &owner);
-    let first = WalFileName::parse(&names[0]).unwrap();
-    assert!(!queue.take(&first, &target).unwrap());
+    let (target, queue, first) = first_request(&s, &names[0]);
     assert!(archive.get(&names[0], &target).unwrap());
     // Eight ahead asked for, three archived: it stops at the end.
     assert_eq!(queue.fill(&archive, &first, 8).unwrap(), 3);
@@ -340,11 +351,7 @@ fn a_damaged_segment_is_never_queued_and_the_request_meets_the_damage() {
     bytes[1000] ^= 0xFF;
     fs::write(&stored, bytes).unwrap();
     let archive = WalArchive::new(&s.repo);
-    let target = s.out.join("RECOVERYXLOG");
-    let owner = s.repo.root().to_string_lossy().into_owned();
-    let queue = PrefetchQueue::beside(&target, &owner);
-    let first = WalFileName::parse(&names[0]).unwrap();
-    assert!(!queue.take(&first, &target).unwrap());
+    let (target, queue, first) = first_request(&s, &names[0]);
     assert!(matches!(
         queue.fill(&archive, &first, 8),
         Err(ArchiveError::Damaged { .. })
@@ -371,11 +378,7 @@ fn a_stopped_queue_fetches_nothing_more() {
     let s = setup();
     let names = push_run(&s, 1, 3, Compression::Lz4);
     let archive = WalArchive::new(&s.repo);
-    let target = s.out.join("RECOVERYXLOG");
-    let owner = s.repo.root().to_string_lossy().into_owned();
-    let queue = PrefetchQueue::beside(&target, &owner);
-    let first = WalFileName::parse(&names[0]).unwrap();
-    assert!(!queue.take(&first, &target).unwrap());
+    let (_, queue, first) = first_request(&s, &names[0]);
     fs::write(queue.dir().join("stop"), "").unwrap();
     assert_eq!(queue.fill(&archive, &first, 8).unwrap(), 0);
 }
