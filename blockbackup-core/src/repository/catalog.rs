@@ -124,6 +124,11 @@ pub struct BackupRecord {
     pub checksum_failures: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checksum_failure_pages: Vec<PageChecksumFailure>,
+    /// The host the backup was started on. Its locks are that host's, so
+    /// only that host can tell that a RUNNING backup was cut off (an
+    /// object store is shared by hosts that share nothing else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -215,6 +220,7 @@ impl BackupRecord {
             restore_points: Vec::new(),
             checksum_failures: 0,
             checksum_failure_pages: Vec::new(),
+            host: None,
         }
     }
 }

@@ -107,6 +107,21 @@ impl Locks {
     }
 }
 
+/// This host's name, as the records of the backups it starts carry it.
+pub fn this_host() -> String {
+    let mut name = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; the name is cut there.
+    let status = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) };
+    if status != 0 {
+        return String::from("localhost");
+    }
+    let end = name
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(name.len());
+    String::from_utf8_lossy(&name[..end]).into_owned()
+}
+
 fn reading_name(id: &str) -> String {
     format!("{id}.reading")
 }

@@ -59,11 +59,13 @@ use crate::storage::{join, Storage};
 
 pub mod catalog;
 pub mod chain;
+pub mod location;
 pub mod locks;
 pub mod retention;
 pub mod upkeep;
 pub mod validation;
 
+pub use location::RepositoryLocation;
 pub use locks::{Locks, ReadersLockedOut, ReadingLock, RepositoryLock, RunningLock};
 pub use retention::{delete_plan, expire_plan, ExpireAction};
 pub use validation::{Validation, ValidationReport};
@@ -72,7 +74,7 @@ pub const MARKER_FILE_NAME: &str = "pg_blockbackup.repository.json";
 const MARKER_FORMAT: &str = "pg_blockbackup repository";
 const MARKER_VERSION: u32 = 1;
 const BACKUPS: &str = "backups";
-const LOCKS_DIR: &str = "locks";
+pub(crate) const LOCKS_DIR: &str = "locks";
 const RECORD_FILE_NAME: &str = "backup.json";
 pub(crate) const CONTENTS_FILE_NAME: &str = "contents.json";
 const DATA_DIR_NAME: &str = "pgdata";
@@ -161,6 +163,9 @@ pub enum RepositoryError {
     /// The WAL archive could not be read or changed.
     #[error(transparent)]
     Archive(#[from] crate::wal::ArchiveError),
+    /// The S3 settings cannot work (checked before any request).
+    #[error(transparent)]
+    S3Config(#[from] crate::storage::s3::S3ConfigError),
 }
 
 fn io_error(path: &Path, source: io::Error) -> RepositoryError {
@@ -198,6 +203,7 @@ pub fn validate_backup_id(id: &str) -> Result<(), RepositoryError> {
 pub struct Repository {
     /// Where it is, for messages (and the root of a local one).
     root: PathBuf,
+    location: RepositoryLocation,
     storage: Arc<dyn Storage>,
     locks: Locks,
     system_identifier: u64,
@@ -315,6 +321,7 @@ impl Repository {
         }
         Ok(Repository {
             root: root.to_owned(),
+            location: RepositoryLocation::Local(root.to_owned()),
             storage,
             locks,
             system_identifier: marker.system_identifier,
@@ -358,13 +365,15 @@ impl Repository {
             .map_err(|error| io_error(&root.join(MARKER_FILE_NAME), error))?;
         Ok(Repository {
             root: root.to_owned(),
+            location: RepositoryLocation::Local(root.to_owned()),
             storage,
             locks,
             system_identifier,
         })
     }
 
-    /// Where the repository is (for a local one, its directory).
+    /// Where the repository is, as messages name it (for a local one,
+    /// its directory; see [`Repository::local_root`]).
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -452,6 +461,7 @@ impl Repository {
     ) -> Result<Option<RunningLock>, RepositoryError> {
         let _creating = self.create_lock()?;
         record.backup_id = self.new_backup_id(record.start_time_us, record.mode)?;
+        record.host = Some(locks::this_host());
         let running = match record.mode {
             BackupMode::Dump => Some(self.running_lock(&record.backup_id)?),
             BackupMode::Full | BackupMode::Incremental => None,

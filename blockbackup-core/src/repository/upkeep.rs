@@ -6,6 +6,7 @@
 //! no space, and a status that cannot be written is reported, not fatal.
 
 use crate::repository::catalog::{BackupMode, BackupRecord, BackupStatus};
+use crate::repository::locks::this_host;
 use crate::repository::{
     delete_plan, expire_plan, validate_backup_id, Catalog, Repository, RepositoryError,
     RepositoryLock, Validation, ValidationReport,
@@ -26,6 +27,8 @@ const INTERRUPTED: &str =
 ///
 /// A physical backup holds the repository lock while it runs, so under
 /// the lock a RUNNING one was cut off; a dump holds its own running lock.
+/// Locks are the host's, so a RUNNING backup another host started is left
+/// alone.
 /// A cut-off backup's partial files are removed (they can be large and are
 /// never used), then its record is rewritten, so that space is freed first;
 /// the partial files of backups that failed otherwise (ERROR) go too.
@@ -40,6 +43,7 @@ pub fn mark_interrupted(
         warnings.push(format!("could not remove abandoned entries: {error}"));
     }
     let mut catalog = repo.list()?;
+    let this_host = this_host();
     for record in &mut catalog.records {
         if record.status != BackupStatus::Running {
             // A failed backup's partial files are never used either.
@@ -47,6 +51,10 @@ pub fn mark_interrupted(
             if let Err(error) = repo.remove_leftovers(&record.backup_id, partial) {
                 warnings.push(format!("backup {}: {error}", record.backup_id));
             }
+            continue;
+        }
+        // Started on another host: its locks are there, not here.
+        if record.host.as_ref().is_some_and(|host| *host != this_host) {
             continue;
         }
         let cut_off = match record.mode {

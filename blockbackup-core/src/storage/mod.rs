@@ -1,6 +1,6 @@
 //! The one interface through which everything the repository does to bytes
 //! and names goes, with a driver per kind of store: the local directory
-//! first ([`local::LocalStorage`]), an object store later.
+//! ([`local::LocalStorage`]) and an S3 bucket ([`s3::S3Storage`]).
 //!
 //! Paths are relative, `/`-separated names (`backups/<id>/backup.json`);
 //! the driver maps them to where it keeps them. What the interface asks of
@@ -28,6 +28,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 pub mod local;
+pub mod s3;
 
 /// An entry of a listing: a name directly under the listed prefix.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
