@@ -4,6 +4,7 @@ use blockbackup_core::backup::copy::CopyError;
 use blockbackup_core::dump::request::DumpRequestError;
 use blockbackup_core::repository::RepositoryError;
 use blockbackup_core::restore::RestoreError;
+use blockbackup_core::storage::s3::{S3Error, S3Failure};
 use blockbackup_core::wal::ArchiveError;
 use blockbackup_core::{CoverageError, SummaryDirError};
 use pgrx::pg_sys::panic::ErrorReport;
@@ -176,19 +177,23 @@ pub fn backup_failed(message: String) -> ! {
 
 /// The copy threads stopped; a full disk gets its own SQLSTATE.
 pub fn backup_copy(error: CopyError) -> ! {
-    let code = match &error {
+    let (code, detail) = match &error {
         CopyError::Read { source, .. } | CopyError::Write { source, .. }
             if is_disk_full(source) =>
         {
-            PgSqlErrorCode::ERRCODE_DISK_FULL
+            (PgSqlErrorCode::ERRCODE_DISK_FULL, None)
         }
-        CopyError::Cancelled => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
-        _ => PgSqlErrorCode::ERRCODE_IO_ERROR,
+        CopyError::Write { source, .. } => match store_failure(source) {
+            Some((code, hint)) => (code, Some(hint.to_owned())),
+            None => (PgSqlErrorCode::ERRCODE_IO_ERROR, None),
+        },
+        CopyError::Cancelled => (PgSqlErrorCode::ERRCODE_QUERY_CANCELED, None),
+        _ => (PgSqlErrorCode::ERRCODE_IO_ERROR, None),
     };
     raise(
         code,
         format!("backup failed: {error}"),
-        None,
+        detail,
         Some(BACKUP_FAILED_HINT),
     )
 }
@@ -227,6 +232,22 @@ pub fn no_session_backup() -> ! {
     )
 }
 
+/// The SQLSTATE and hint of an object store's failure inside `error`:
+/// which one it was (unreachable, credentials refused, no bucket, TLS)
+/// decides what the user should do.
+fn store_failure(error: &std::io::Error) -> Option<(PgSqlErrorCode, &'static str)> {
+    let s3 = S3Error::of(error)?;
+    let code = match s3.failure {
+        S3Failure::Unreachable | S3Failure::Tls => PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+        S3Failure::Credentials => PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+        S3Failure::NoSuchBucket => PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
+        S3Failure::NoSuchKey | S3Failure::Refused | S3Failure::BadAnswer => {
+            PgSqlErrorCode::ERRCODE_IO_ERROR
+        }
+    };
+    Some((code, s3.hint()))
+}
+
 fn is_disk_full(error: &std::io::Error) -> bool {
     error.raw_os_error() == Some(28)
 }
@@ -241,9 +262,14 @@ pub fn repository(error: RepositoryError) -> ! {
         E::Io { source, .. } if is_disk_full(source) => {
             (PgSqlErrorCode::ERRCODE_DISK_FULL, "Free space in the repository, or expire old backups.")
         }
-        E::Io { .. } => {
-            (PgSqlErrorCode::ERRCODE_IO_ERROR, "Check that the server's OS user can read and write the repository.")
-        }
+        E::Io { source, .. } => store_failure(source).unwrap_or((
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            "Check that the server's OS user can read and write the repository.",
+        )),
+        E::S3Config(_) => (
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "Set blockbackup.s3_endpoint, blockbackup.s3_key and blockbackup.s3_key_secret (superuser only) for a repository at s3://<bucket>/<prefix>.",
+        ),
         E::InvalidBackupId { .. } => {
             (PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "Use a backup_id from blockbackup.backups().")
         }
@@ -299,7 +325,11 @@ pub fn archive(error: ArchiveError) -> ! {
             PgSqlErrorCode::ERRCODE_DISK_FULL,
             "Free space in the repository, or expire old backups and the WAL they needed.",
         ),
-        E::Store { .. } | E::ReadSource { .. } | E::WriteTarget { .. } => (
+        E::Store { source, .. } => store_failure(source).unwrap_or((
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            "Check that the server's OS user can read and write the repository.",
+        )),
+        E::ReadSource { .. } | E::WriteTarget { .. } => (
             PgSqlErrorCode::ERRCODE_IO_ERROR,
             "Check that the server's OS user can read and write the repository.",
         ),

@@ -61,6 +61,31 @@ pub static COMPRESS_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(-1);
 /// Default number of copy threads of take_backup and restore_backup.
 pub static PARALLEL: GucSetting<i32> = GucSetting::<i32>::new(1);
 
+/// How to reach a repository in S3 (`blockbackup.repository = 's3://...'`);
+/// the names follow pgBackRest's `repo1-s3-*` options.
+pub static S3_ENDPOINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static S3_REGION: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"us-east-1"));
+pub static S3_VERIFY_TLS: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static S3_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// The credentials: only a superuser can set or see them (SHOW,
+/// pg_settings and current_setting refuse everyone else, as they do for
+/// any superuser-only setting, unless granted pg_read_all_settings).
+pub static S3_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static S3_KEY_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static S3_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+#[derive(PostgresGucEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UriStyleSetting {
+    #[name = c"host"]
+    Host,
+    #[name = c"path"]
+    Path,
+}
+
+pub static S3_URI_STYLE: GucSetting<UriStyleSetting> =
+    GucSetting::<UriStyleSetting>::new(UriStyleSetting::Host);
+
 pub fn register() {
     GucRegistry::define_bool_guc(
         c"blockbackup.summarize_wal",
@@ -132,6 +157,68 @@ pub fn register() {
         1,
         64,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    register_s3();
+}
+
+fn register_s3() {
+    let text = |name: &'static std::ffi::CStr,
+                short: &'static std::ffi::CStr,
+                setting: &'static GucSetting<Option<CString>>,
+                flags: GucFlags| {
+        GucRegistry::define_string_guc(name, short, c"", setting, GucContext::Suset, flags);
+    };
+    text(
+        c"blockbackup.s3_endpoint",
+        c"URL of the S3 endpoint, e.g. https://s3.eu-west-1.amazonaws.com (unset: AWS's for the region).",
+        &S3_ENDPOINT,
+        GucFlags::default(),
+    );
+    text(
+        c"blockbackup.s3_region",
+        c"S3 region of the bucket.",
+        &S3_REGION,
+        GucFlags::default(),
+    );
+    text(
+        c"blockbackup.s3_ca_file",
+        c"File of the CA certificates that sign the S3 endpoint's certificate (unset: the built-in roots).",
+        &S3_CA_FILE,
+        GucFlags::default(),
+    );
+    text(
+        c"blockbackup.s3_key",
+        c"S3 access key.",
+        &S3_KEY,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    text(
+        c"blockbackup.s3_key_secret",
+        c"S3 secret access key.",
+        &S3_KEY_SECRET,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    text(
+        c"blockbackup.s3_token",
+        c"S3 session token (temporary credentials).",
+        &S3_TOKEN,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_enum_guc(
+        c"blockbackup.s3_uri_style",
+        c"How requests name the bucket: host (bucket.endpoint) or path (endpoint/bucket).",
+        c"",
+        &S3_URI_STYLE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"blockbackup.s3_verify_tls",
+        c"Verify the S3 endpoint's TLS certificate.",
+        c"",
+        &S3_VERIFY_TLS,
+        GucContext::Suset,
         GucFlags::default(),
     );
 }

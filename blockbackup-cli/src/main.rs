@@ -1,6 +1,8 @@
 //! `pg_blockbackup`: the backup repository with the server down.
 //!
 //! ```text
+//! pg_blockbackup --repository DIR|s3://BUCKET/PREFIX [--s3-* options] COMMAND ...
+//!
 //! pg_blockbackup --repository DIR list
 //! pg_blockbackup --repository DIR validate [BACKUP_ID]
 //! pg_blockbackup --repository DIR archive-push WAL_PATH [--compress CODEC] [--compress-level N]
@@ -12,6 +14,11 @@
 //!                 | --recovery-target-xid XID | --recovery-target immediate|latest]
 //!                [--recovery-target-timeline latest|current|N] [--recovery-target-inclusive on|off]
 //! ```
+//!
+//! A repository in S3 is reached with `--s3-endpoint URL`, `--s3-region`,
+//! `--s3-uri-style host|path`, `--s3-verify-tls y|n`, `--s3-ca-file FILE`
+//! and the credentials of the standard environment (see
+//! `repository_options`).
 //!
 //! It does what the SQL functions `backups()`, `validate_backup()` and
 //! `restore_backup()` do, with the same code from the pure crate, so that a
@@ -33,6 +40,8 @@
 //! there (see the pure crate's `wal::prefetch`); `prefetch-clear`, the
 //! restored cluster's `recovery_end_command`, removes that queue.
 
+mod repository_options;
+
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,11 +54,14 @@ use blockbackup_core::repository::Repository;
 use blockbackup_core::restore::recovery_target::ArchiveCommands;
 use blockbackup_core::restore::target::{data_directory_places, DestinationRules, ForbiddenPlace};
 use blockbackup_core::restore::{restore_backup, RecoveryExtras, RestoreOptions};
+use blockbackup_core::storage::s3::S3Settings;
 use blockbackup_core::wal::prefetch::{segments_in, PREFETCH_DIR};
 use blockbackup_core::wal::{ranges, PrefetchQueue, PushOutcome, WalArchive, WalFileName};
 use blockbackup_core::Lsn;
 
-const USAGE: &str = "usage:
+const USAGE: &str = "usage (DIR: a directory, or s3://BUCKET/PREFIX with --s3-endpoint URL
+  [--s3-region R] [--s3-uri-style host|path] [--s3-verify-tls y|n] [--s3-ca-file F] [--s3-key K]
+  and AWS_SECRET_ACCESS_KEY, AWS_ACCESS_KEY_ID, AWS_SESSION_TOKEN in the environment):
   pg_blockbackup --repository DIR list
   pg_blockbackup --repository DIR validate [BACKUP_ID]
   pg_blockbackup --repository DIR archive-push WAL_PATH [--compress none|gzip|zstd|lz4] [--compress-level N]
@@ -115,14 +127,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// The repository and how it was named, for the programs this one starts.
+struct Repo {
+    repository: Repository,
+    s3: Option<S3Settings>,
+    arguments: Vec<String>,
+}
+
+impl std::ops::Deref for Repo {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        &self.repository
+    }
+}
+
 fn run(args: &[String]) -> Result<(), Failure> {
-    let mut repository = None;
+    let mut repository = repository_options::RepositoryOptions::default();
     let mut rest = Vec::new();
     let mut options = Vec::new();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
-            "--repository" => repository = Some(next_value(&mut iter, arg)?),
+            flag if repository_options::OPTIONS.contains(&flag) => {
+                repository.push(flag, next_value(&mut iter, arg)?)
+            }
             flag if RESTORE_OPTIONS.contains(&flag)
                 || flag == "--compress"
                 || flag == "--compress-level"
@@ -135,13 +163,19 @@ fn run(args: &[String]) -> Result<(), Failure> {
                 return Ok(());
             }
             flag if flag.starts_with("--") => {
-                return Err(format!("unknown option {flag}\n{USAGE}").into())
+                repository_options::refuse_secret(flag)?;
+                return Err(format!("unknown option {flag}\n{USAGE}").into());
             }
             _ => rest.push(arg.clone()),
         }
     }
-    let repository = repository.ok_or_else(|| format!("--repository is required\n{USAGE}"))?;
-    let repo = Repository::open(&PathBuf::from(repository)).map_err(|e| e.to_string())?;
+    repository.location().map_err(|e| format!("{e}\n{USAGE}"))?;
+    let (opened, s3) = repository.open()?;
+    let repo = Repo {
+        repository: opened,
+        s3,
+        arguments: repository.arguments(),
+    };
     let allowed: &[&str] = match rest.first().map(String::as_str) {
         Some("restore") => RESTORE_OPTIONS,
         Some("archive-push") => &["--compress", "--compress-level"],
@@ -271,7 +305,7 @@ fn archive_push(repo: &Repository, path: &str, options: &[(String, String)]) -> 
 /// place, and a filler is started for the ones that follow. Whatever goes
 /// wrong with the queue only costs speed: the request then fetches itself.
 fn archive_get(
-    repo: &Repository,
+    repo: &Repo,
     name: &str,
     target: &str,
     prefetch_mb: Option<u64>,
@@ -329,13 +363,12 @@ fn prefetch_mb(options: &[(String, String)]) -> Result<Option<u64>, String> {
 /// Starts `archive-prefetch` in a process group of its own, with no
 /// standard streams: archive-get returns at once and the server's
 /// recovery goes on while it fetches. Not started is only slower.
-fn start_filler(repo: &Repository, name: &str, queue: &std::path::Path, mb: u64) {
+fn start_filler(repo: &Repo, name: &str, queue: &std::path::Path, mb: u64) {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let started = std::env::current_exe().and_then(|program| {
         Command::new(program)
-            .arg("--repository")
-            .arg(repo.root())
+            .args(&repo.arguments)
             .arg("archive-prefetch")
             .arg(name)
             .arg(queue)
@@ -426,7 +459,11 @@ fn validate(repo: &Repository, id: Option<&str>) -> Result<(), String> {
 /// running server.
 fn forbidden_places(repo: &Repository, pgdata: Option<&std::path::Path>) -> Vec<ForbiddenPlace> {
     use blockbackup_core::restore::conf_file::Syntax::{Authentication, Settings};
-    let mut places = vec![ForbiddenPlace::new(repo.root(), "the repository")];
+    let mut places: Vec<ForbiddenPlace> = repo
+        .local_root()
+        .map(|root| ForbiddenPlace::new(root, "the repository"))
+        .into_iter()
+        .collect();
     if let Some(pgdata) = pgdata {
         let configuration = [
             (pgdata.join("postgresql.conf"), Settings),
@@ -439,7 +476,7 @@ fn forbidden_places(repo: &Repository, pgdata: Option<&std::path::Path>) -> Vec<
 }
 
 fn restore(
-    repo: &Repository,
+    repo: &Repo,
     id: Option<&str>,
     target: &str,
     options: &[(String, String)],
@@ -465,7 +502,11 @@ fn restore(
         recovery_target_lsn: None,
         recovery_target_name: None,
         recovery: RecoveryExtras::default(),
-        archive_commands: Some(ArchiveCommands::new(&program, repo.root())),
+        archive_commands: Some(ArchiveCommands::new(
+            &program,
+            repo.location(),
+            repo.s3.as_ref(),
+        )),
         threads: 1,
         rules,
     };

@@ -287,6 +287,20 @@ fn contract(kind: Kind) {
         names(&storage, "")
     );
 
+    // A writer that never finishes nor aborts (its process killed) leaves
+    // an upload under way; removing the prefix aborts it.
+    let mut cut_off = storage.create("staging/big").unwrap();
+    cut_off.write_all(&pattern(17 << 20)).unwrap();
+    std::mem::forget(cut_off);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while storage.unfinished_uploads("staging").unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    storage.remove_all("staging").unwrap();
+    assert_eq!(storage.unfinished_uploads("staging").unwrap(), 0);
+    assert_eq!(storage.unfinished_uploads("").unwrap(), 0);
+
     // Another prefix of the same bucket is another world.
     let other = S3Storage::connect(&location("repo/two"), &settings(&store), quick()).unwrap();
     other.put("x", b"y").unwrap();

@@ -1,7 +1,7 @@
 //! The WAL archive from SQL: how archiving goes, and what the repository
 //! holds.
 
-use blockbackup_core::repository::{Repository, RepositoryError};
+use blockbackup_core::repository::RepositoryError;
 use blockbackup_core::wal::{ranges, ArchivedFile, WalArchive};
 use pgrx::prelude::*;
 
@@ -13,8 +13,8 @@ use crate::sql_types::PgLsn;
 /// The archive of the configured repository: None while the setting is
 /// unset or no repository exists there yet.
 fn archived_files() -> Option<(Vec<ArchivedFile>, Option<u64>)> {
-    let root = repository_access::checked_repository_root().ok()?;
-    let repository = match Repository::open(&root) {
+    let location = repository_access::checked_repository_location().ok()?;
+    let repository = match repository_access::open_existing(&location) {
         Ok(repository) => repository,
         Err(RepositoryError::NotARepository { .. }) => return None,
         Err(error) => errors::repository(error),

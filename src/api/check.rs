@@ -52,18 +52,18 @@ fn check(
     let incremental_age = age_us(max_incremental_age, "max_incremental_age");
 
     let mut findings = vec![summarizer()];
-    let repository = match repository_access::checked_repository_root() {
+    let repository = match repository_access::checked_repository_location() {
         Err((message, _)) => {
             findings.push(finding("repository", "ERROR", message));
             None
         }
-        Ok(root) => match Repository::open(&root) {
+        Ok(location) => match repository_access::open_existing(&location) {
             Ok(repository) => {
-                findings.push(finding(
-                    "repository",
-                    "OK",
-                    format!("{}: {}", root.display(), free_space(&root)),
-                ));
+                let space = match location.local() {
+                    Some(root) => free_space(root),
+                    None => "an object store (space is the store's business)".to_owned(),
+                };
+                findings.push(finding("repository", "OK", format!("{location}: {space}")));
                 Some(repository)
             }
             Err(error) => {

@@ -1,9 +1,9 @@
 //! One file from the archiver into the repository's archive.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use blockbackup_core::compress::Compression;
-use blockbackup_core::repository::Repository;
+use blockbackup_core::repository::RepositoryLocation;
 use blockbackup_core::wal::{PushOutcome, WalArchive};
 use pgrx::{log, pg_sys, warning};
 
@@ -13,7 +13,7 @@ use crate::settings;
 
 /// Where and how the archive is written, from the settings.
 pub struct ArchiveSettings {
-    pub root: PathBuf,
+    pub location: RepositoryLocation,
     pub codec: Compression,
     pub level: i32,
 }
@@ -21,7 +21,7 @@ pub struct ArchiveSettings {
 /// The settings, checked as take_backup checks them, as a message instead
 /// of an ERROR.
 pub fn archive_settings() -> Result<ArchiveSettings, String> {
-    let root = repository_access::checked_repository_root()
+    let location = repository_access::checked_repository_location()
         .map_err(|(message, hint)| format!("{message} ({hint})"))?;
     let codec = settings::COMPRESSION.get().compression();
     let level = match settings::COMPRESS_LEVEL.get() {
@@ -31,7 +31,11 @@ pub fn archive_settings() -> Result<ArchiveSettings, String> {
     let level = codec
         .check_level(level)
         .map_err(|e| format!("blockbackup.compress_level: {e}"))?;
-    Ok(ArchiveSettings { root, codec, level })
+    Ok(ArchiveSettings {
+        location,
+        codec,
+        level,
+    })
 }
 
 /// Whether archiving can be attempted at all; PostgreSQL logs that it is
@@ -62,14 +66,14 @@ pub fn archive_file(file: &str, path: &str) -> bool {
 
 fn push(file: &str, path: &Path) -> Result<PushOutcome, String> {
     let settings = archive_settings()?;
-    let repository = Repository::open(&settings.root).map_err(|e| {
+    let repository = repository_access::open_existing(&settings.location).map_err(|e| {
         format!("{e}; take_backup() creates the repository, and archiving waits for it")
     })?;
     let system_identifier = unsafe { pg_sys::GetSystemIdentifier() };
     if repository.system_identifier() != system_identifier {
         return Err(format!(
             "repository \"{}\" belongs to the cluster with system identifier {}, not to this one ({system_identifier}); use a separate repository for each cluster",
-            settings.root.display(),
+            settings.location,
             repository.system_identifier()
         ));
     }

@@ -1,14 +1,19 @@
 //! The repository named by `blockbackup.repository`, opened with the checks
 //! a backup tool owes its users: the setting is there, the directory is
-//! absolute and apart from the data directory, and the repository belongs
-//! to this cluster.
+//! absolute and apart from the data directory (or the bucket location is
+//! well formed, and the `blockbackup.s3_*` settings reach it), and the
+//! repository belongs to this cluster.
 
 use std::path::PathBuf;
 
 use blockbackup_core::repository::catalog::{BackupMode, BackupRecord};
 use blockbackup_core::repository::upkeep;
-use blockbackup_core::repository::{Catalog, Repository, RepositoryLock};
+use blockbackup_core::repository::{
+    Catalog, Repository, RepositoryError, RepositoryLocation, RepositoryLock,
+};
 use blockbackup_core::restore::target::{overlapping, resolved};
+use blockbackup_core::storage::s3::config::DEFAULT_REGION;
+use blockbackup_core::storage::s3::{S3Settings, Secret, UriStyle};
 use blockbackup_core::TimelineSpan;
 use pgrx::warning;
 
@@ -16,9 +21,11 @@ use super::pg_backup_functions;
 use crate::server_paths::data_directory;
 use crate::{errors, settings};
 
-pub fn repository_root() -> PathBuf {
-    match checked_repository_root() {
-        Ok(root) => root,
+/// The repository's location, or an ERROR saying what is wrong with the
+/// setting.
+pub fn repository_location() -> RepositoryLocation {
+    match checked_repository_location() {
+        Ok(location) => location,
         Err((_, _)) if settings::text(&settings::REPOSITORY).is_none() => {
             errors::repository_unset()
         }
@@ -28,18 +35,27 @@ pub fn repository_root() -> PathBuf {
 
 /// `blockbackup.repository`, resolved, or why it cannot be used (a message
 /// and a hint): for callers that must not raise, such as the archiver.
-pub fn checked_repository_root() -> Result<PathBuf, (String, &'static str)> {
-    let Some(root) = settings::text(&settings::REPOSITORY) else {
+pub fn checked_repository_location() -> Result<RepositoryLocation, (String, &'static str)> {
+    let Some(text) = settings::text(&settings::REPOSITORY) else {
         return Err((
             "blockbackup.repository is not set".to_owned(),
-            "Set it to a directory outside the data directory, e.g. /var/lib/pg_blockbackup.",
+            "Set it to a directory outside the data directory, e.g. /var/lib/pg_blockbackup, or to s3://<bucket>/<prefix>.",
         ));
     };
-    let root = PathBuf::from(root);
+    let root = match RepositoryLocation::parse(&text) {
+        Ok(RepositoryLocation::Local(root)) => root,
+        Ok(location) => return Ok(location),
+        Err(error) => {
+            return Err((
+                format!("blockbackup.repository: {error}"),
+                "A bucket name is 3 to 63 characters from a-z, 0-9, '.' and '-'; the prefix after it names where in the bucket the repository is.",
+            ))
+        }
+    };
     let Some(resolved_root) = resolved(&root) else {
         return Err((
             format!(
-                "blockbackup.repository must be an absolute path without \"..\", got \"{}\"",
+                "blockbackup.repository must be an absolute path without \"..\" or s3://<bucket>/<prefix>, got \"{}\"",
                 root.display()
             ),
             "Set it to a directory outside the data directory, e.g. /var/lib/pg_blockbackup.",
@@ -56,13 +72,46 @@ pub fn checked_repository_root() -> Result<PathBuf, (String, &'static str)> {
             "A backup inside the data it backs up would copy itself; choose a directory outside the data directory.",
         ));
     }
-    Ok(resolved_root)
+    Ok(RepositoryLocation::Local(resolved_root))
+}
+
+/// The `blockbackup.s3_*` settings (whether or not the repository is in
+/// S3; only an S3 repository uses them).
+pub fn s3_settings() -> S3Settings {
+    let text = |setting| settings::text(setting).unwrap_or_default();
+    S3Settings {
+        endpoint: text(&settings::S3_ENDPOINT),
+        region: settings::text(&settings::S3_REGION).unwrap_or_else(|| DEFAULT_REGION.to_owned()),
+        uri_style: match settings::S3_URI_STYLE.get() {
+            settings::UriStyleSetting::Host => UriStyle::Host,
+            settings::UriStyleSetting::Path => UriStyle::Path,
+        },
+        verify_tls: settings::S3_VERIFY_TLS.get(),
+        ca_file: settings::text(&settings::S3_CA_FILE).map(PathBuf::from),
+        key: text(&settings::S3_KEY),
+        secret: Secret::new(text(&settings::S3_KEY_SECRET)),
+        token: settings::text(&settings::S3_TOKEN).map(Secret::new),
+    }
+}
+
+/// Opens the existing repository at `location`, without raising.
+pub fn open_existing(location: &RepositoryLocation) -> Result<Repository, RepositoryError> {
+    Repository::open_at(location, Some(&s3_settings()))
 }
 
 /// Opens the repository, creating it on first use for this cluster.
 pub fn open_for_writing() -> Repository {
-    Repository::open_or_create(&repository_root(), pg_backup_functions::system_identifier())
-        .unwrap_or_else(|e| errors::repository(e))
+    open_or_create(&repository_location()).unwrap_or_else(|e| errors::repository(e))
+}
+
+/// Opens the repository at `location`, creating it on first use for this
+/// cluster, without raising.
+pub fn open_or_create(location: &RepositoryLocation) -> Result<Repository, RepositoryError> {
+    Repository::open_or_create_at(
+        location,
+        Some(&s3_settings()),
+        pg_backup_functions::system_identifier(),
+    )
 }
 
 /// The catalog with backups that were cut off (session killed, server

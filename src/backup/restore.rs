@@ -107,7 +107,11 @@ fn archive_commands(repo: &Repository) -> Option<ArchiveCommands> {
     if !program.is_file() {
         errors::archive_command_missing(&program);
     }
-    Some(ArchiveCommands::new(&program, repo.root()))
+    Some(ArchiveCommands::new(
+        &program,
+        repo.location(),
+        Some(&repository_access::s3_settings()),
+    ))
 }
 
 /// Where this session's restore may write: apart from the data directory,
@@ -130,7 +134,11 @@ fn destination_rules(repo: &Repository) -> DestinationRules {
         Some(("blockbackup.restore_directory".to_owned(), dir))
     };
     let data_dir = data_directory();
-    let mut forbidden = vec![ForbiddenPlace::new(repo.root(), "the repository")];
+    let mut forbidden: Vec<ForbiddenPlace> = repo
+        .local_root()
+        .map(|root| ForbiddenPlace::new(root, "the repository"))
+        .into_iter()
+        .collect();
     forbidden.extend(data_directory_places(
         &data_dir,
         &configuration_files(&data_dir),

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use blockbackup_core::backup::copy::{
@@ -318,7 +318,12 @@ fn plan_copy(
 ) -> (Vec<CopyTask>, Vec<CopyTask>) {
     let data_dir = data_directory();
     let version_dir = server_paths::tablespace_version_directory();
-    let (_, files) = walk_data_directory(&data_dir, &version_dir, &[repo.root().to_path_buf()])
+    let repository: Vec<PathBuf> = repo
+        .local_root()
+        .map(Path::to_path_buf)
+        .into_iter()
+        .collect();
+    let (_, files) = walk_data_directory(&data_dir, &version_dir, &repository)
         .unwrap_or_else(|e| errors::backup_failed(e.to_string()));
     let (control, others): (Vec<SourceFile>, Vec<SourceFile>) =
         files.into_iter().partition(|f| f.path == PG_CONTROL);

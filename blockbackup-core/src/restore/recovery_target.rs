@@ -29,9 +29,10 @@ use std::collections::BTreeMap;
 
 use crate::civil_time::render_time;
 use crate::repository::catalog::{BackupMode, BackupRecord, RestorePoint};
-use crate::repository::Repository;
+use crate::repository::{Repository, RepositoryLocation};
 use crate::restore::conf_file::quote_value;
 use crate::restore::rebuild::RestoreError;
+use crate::storage::s3::S3Settings;
 use crate::summary::range_plan::TimelineSpan;
 use crate::wal::archive::{ArchiveError, ArchivedFile, WalArchive};
 use crate::wal::history;
@@ -476,16 +477,32 @@ pub struct ArchiveCommands {
 
 impl ArchiveCommands {
     /// The commands that run `program` (the offline command, by its
-    /// absolute path) on the repository at `repository`: each path quoted
-    /// for the shell PostgreSQL runs them with, and `%` doubled, as
+    /// absolute path) on the repository at `repository`: each argument
+    /// quoted for the shell PostgreSQL runs them with, and `%` doubled, as
     /// PostgreSQL replaces `%f`, `%p`, `%r` and `%%` in them. Both run in
-    /// the data directory.
-    pub fn new(program: &std::path::Path, repository: &std::path::Path) -> Self {
-        let quote = |path: &std::path::Path| {
-            let text = path.to_string_lossy().replace('%', "%%");
+    /// the data directory. For a repository in S3 they carry how to reach
+    /// it, never the credentials: the restored server's environment gives
+    /// those (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), as it does to
+    /// the offline command.
+    pub fn new(
+        program: &std::path::Path,
+        repository: &RepositoryLocation,
+        s3: Option<&S3Settings>,
+    ) -> Self {
+        let quote = |text: &str| {
+            let text = text.replace('%', "%%");
             format!("'{}'", text.replace('\'', "'\\''"))
         };
-        let base = format!("{} --repository {}", quote(program), quote(repository));
+        let mut base = format!(
+            "{} --repository {}",
+            quote(&program.to_string_lossy()),
+            quote(&repository.to_string())
+        );
+        if let (RepositoryLocation::S3(_), Some(s3)) = (repository, s3) {
+            for (option, value) in s3.command_options() {
+                base.push_str(&format!(" {option} {}", quote(&value)));
+            }
+        }
         ArchiveCommands {
             restore_command: format!("{base} archive-get --prefetch {PREFETCH_MB} %f %p"),
             recovery_end_command: format!("{base} prefetch-clear pg_wal"),
@@ -591,7 +608,8 @@ mod tests {
         use std::path::Path;
         let commands = ArchiveCommands::new(
             Path::new("/usr/bin/pg_blockbackup"),
-            Path::new("/var/lib/it's 100%"),
+            &RepositoryLocation::Local("/var/lib/it's 100%".into()),
+            None,
         );
         assert_eq!(
             commands.restore_command,
@@ -601,6 +619,36 @@ mod tests {
             commands.recovery_end_command,
             "'/usr/bin/pg_blockbackup' --repository '/var/lib/it'\\''s 100%%' prefetch-clear pg_wal"
         );
+    }
+
+    #[test]
+    fn an_s3_restore_command_says_where_and_never_the_credentials() {
+        use crate::storage::s3::{S3Location, S3Settings, Secret, UriStyle};
+        let s3 = S3Settings {
+            endpoint: "https://127.0.0.1:8443".into(),
+            region: "eu-west-1".into(),
+            uri_style: UriStyle::Path,
+            verify_tls: false,
+            ca_file: Some("/etc/ssl/store ca.pem".into()),
+            key: "the-access-key".into(),
+            secret: Secret::new("the-secret"),
+            token: Some(Secret::new("the-token")),
+        };
+        let location = RepositoryLocation::S3(S3Location::parse("s3://bucket/db1").unwrap());
+        let commands =
+            ArchiveCommands::new(std::path::Path::new("/bin/pgbb"), &location, Some(&s3));
+        assert_eq!(
+            commands.restore_command,
+            "'/bin/pgbb' --repository 's3://bucket/db1' --s3-endpoint 'https://127.0.0.1:8443' --s3-region 'eu-west-1' \
+             --s3-uri-style 'path' --s3-verify-tls 'n' --s3-ca-file '/etc/ssl/store ca.pem' archive-get --prefetch 128 %f %p"
+        );
+        for command in [&commands.restore_command, &commands.recovery_end_command] {
+            assert!(
+                !command.contains("the-access-key")
+                    && !command.contains("the-secret")
+                    && !command.contains("the-token")
+            );
+        }
     }
 
     #[test]

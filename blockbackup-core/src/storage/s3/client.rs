@@ -75,6 +75,15 @@ pub struct Listed {
     pub modified_us: Option<i64>,
 }
 
+#[derive(Clone, Copy)]
+enum Verb {
+    Get,
+    Head,
+    Put,
+    Post,
+    Delete,
+}
+
 /// What one try gave when it did not succeed.
 enum Failure {
     Retry(S3Error),
@@ -175,6 +184,7 @@ impl Client {
     /// Sends one signed request; a 2xx answer is the result.
     fn send(
         &self,
+        verb: Verb,
         what: &'static str,
         key: &str,
         url: &Url,
@@ -182,18 +192,15 @@ impl Client {
         body: Option<&[u8]>,
     ) -> Result<Response<Body>, Failure> {
         let url = url.as_str();
-        let result = match what {
-            "GET" | "LIST" => with_headers(self.agent.get(url), headers).call(),
-            "HEAD" => with_headers(self.agent.head(url), headers).call(),
-            "DELETE" | "AbortMultipartUpload" => {
-                with_headers(self.agent.delete(url), headers).call()
-            }
-            "PUT" | "UploadPart" => {
-                with_headers(self.agent.put(url), headers).send(body.unwrap_or(&[]))
-            }
-            // A slice is sent with its Content-Length, never chunked (which
-            // some stores refuse).
-            _ => with_headers(self.agent.post(url), headers).send(body.unwrap_or(&[])),
+        // A body goes as a slice, with its Content-Length, never chunked
+        // (which some stores refuse).
+        let body = body.unwrap_or(&[]);
+        let result = match verb {
+            Verb::Get => with_headers(self.agent.get(url), headers).call(),
+            Verb::Head => with_headers(self.agent.head(url), headers).call(),
+            Verb::Delete => with_headers(self.agent.delete(url), headers).call(),
+            Verb::Put => with_headers(self.agent.put(url), headers).send(body),
+            Verb::Post => with_headers(self.agent.post(url), headers).send(body),
         };
         match result {
             Ok(response) if response.status().is_success() => Ok(response),
@@ -320,7 +327,8 @@ impl Client {
                 .bucket
                 .put_object(Some(&self.credentials), key)
                 .sign(SIGNED_FOR);
-            self.send("PUT", key, &url, &[], Some(bytes)).map(drop)
+            self.send(Verb::Put, "PUT", key, &url, &[], Some(bytes))
+                .map(drop)
         })
     }
 
@@ -331,7 +339,7 @@ impl Client {
                 .bucket
                 .get_object(Some(&self.credentials), key)
                 .sign(SIGNED_FOR);
-            self.send("GET", key, &url, &[], None)
+            self.send(Verb::Get, "GET", key, &url, &[], None)
         })?;
         Ok(Box::new(response.into_body().into_reader()))
     }
@@ -343,7 +351,7 @@ impl Client {
                 .bucket
                 .head_object(Some(&self.credentials), key)
                 .sign(SIGNED_FOR);
-            match self.send("HEAD", key, &url, &[], None) {
+            match self.send(Verb::Head, "HEAD", key, &url, &[], None) {
                 Ok(response) => Ok(Some(response)),
                 Err(Failure::Fatal(error)) if error.failure == S3Failure::NoSuchKey => Ok(None),
                 Err(failure) => Err(failure),
@@ -376,7 +384,7 @@ impl Client {
                 .bucket
                 .delete_object(Some(&self.credentials), key)
                 .sign(SIGNED_FOR);
-            match self.send("DELETE", key, &url, &[], None) {
+            match self.send(Verb::Delete, "DELETE", key, &url, &[], None) {
                 Err(Failure::Fatal(error)) if error.failure == S3Failure::NoSuchKey => Ok(()),
                 other => other.map(drop),
             }
@@ -399,6 +407,7 @@ impl Client {
                 let url = action.sign(SIGNED_FOR);
                 let (body, md5) = action.body_with_md5();
                 let mut response = self.send(
+                    Verb::Post,
                     "DeleteObjects",
                     first,
                     &url,
@@ -456,7 +465,7 @@ impl Client {
                     action.with_continuation_token(token.as_str());
                 }
                 let url = action.sign(SIGNED_FOR);
-                let mut response = self.send("LIST", prefix, &url, &[], None)?;
+                let mut response = self.send(Verb::Get, "LIST", prefix, &url, &[], None)?;
                 let text = self.read_body("LIST", prefix, &mut response, LISTING_LIMIT)?;
                 ListObjectsV2::parse_response(&text).map_err(|error| {
                     self.bad_answer(
@@ -494,7 +503,14 @@ impl Client {
                 .bucket
                 .create_multipart_upload(Some(&self.credentials), key)
                 .sign(SIGNED_FOR);
-            let mut response = self.send("CreateMultipartUpload", key, &url, &[], Some(&[]))?;
+            let mut response = self.send(
+                Verb::Post,
+                "CreateMultipartUpload",
+                key,
+                &url,
+                &[],
+                Some(&[]),
+            )?;
             let text = self.read_body(
                 "CreateMultipartUpload",
                 key,
@@ -522,7 +538,7 @@ impl Client {
                 .bucket
                 .upload_part(Some(&self.credentials), key, number, upload_id)
                 .sign(SIGNED_FOR);
-            let response = self.send("UploadPart", key, &url, &[], Some(bytes))?;
+            let response = self.send(Verb::Put, "UploadPart", key, &url, &[], Some(bytes))?;
             response
                 .headers()
                 .get("etag")
@@ -548,6 +564,7 @@ impl Client {
             let url = action.sign(SIGNED_FOR);
             let body = action.body();
             let mut response = self.send(
+                Verb::Post,
                 "CompleteMultipartUpload",
                 key,
                 &url,
@@ -583,13 +600,48 @@ impl Client {
         })
     }
 
+    /// The multipart uploads under way under `prefix`, (key, upload id),
+    /// at most a thousand. rusty-s3 has no action for ListMultipartUploads:
+    /// it is the bucket-level GET of ListObjectsV2 with another query.
+    pub fn list_uploads(&self, prefix: &str) -> io::Result<(Vec<(String, String)>, bool)> {
+        self.retried(|| {
+            let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+            let query = action.query_mut();
+            query.remove("list-type");
+            query.remove("encoding-type");
+            query.insert("uploads", "");
+            query.insert("prefix", prefix);
+            let url = action.sign(SIGNED_FOR);
+            let mut response =
+                match self.send(Verb::Get, "ListMultipartUploads", prefix, &url, &[], None) {
+                    Ok(response) => response,
+                    // What rclone answers when there is none.
+                    Err(Failure::Fatal(error)) if error.failure == S3Failure::NoSuchKey => {
+                        return Ok((Vec::new(), false))
+                    }
+                    Err(failure) => return Err(failure),
+                };
+            let text =
+                self.read_body("ListMultipartUploads", prefix, &mut response, LISTING_LIMIT)?;
+            let uploads = xml::all_text(&text, "Upload")
+                .into_iter()
+                .filter_map(|upload| {
+                    let upload = format!("<Upload>{upload}</Upload>");
+                    Some((xml::text(&upload, "Key")?, xml::text(&upload, "UploadId")?))
+                })
+                .collect();
+            let truncated = xml::text(&text, "IsTruncated").as_deref() == Some("true");
+            Ok((uploads, truncated))
+        })
+    }
+
     pub fn abort_multipart(&self, key: &str, upload_id: &str) -> io::Result<()> {
         self.retried(|| {
             let url = self
                 .bucket
                 .abort_multipart_upload(Some(&self.credentials), key, upload_id)
                 .sign(SIGNED_FOR);
-            match self.send("AbortMultipartUpload", key, &url, &[], None) {
+            match self.send(Verb::Delete, "AbortMultipartUpload", key, &url, &[], None) {
                 // Already gone: what aborting wants.
                 Err(Failure::Fatal(error)) if error.failure == S3Failure::NoSuchKey => Ok(()),
                 other => other.map(drop),

@@ -181,6 +181,28 @@ impl S3Settings {
         Ok(())
     }
 
+    /// The offline command's options that say how to reach the store: all
+    /// of these settings but the credentials.
+    pub fn command_options(&self) -> Vec<(&'static str, String)> {
+        let mut options = Vec::new();
+        if !self.endpoint.is_empty() {
+            options.push(("--s3-endpoint", self.endpoint.clone()));
+        }
+        options.push(("--s3-region", self.region.clone()));
+        let style = match self.uri_style {
+            UriStyle::Host => "host",
+            UriStyle::Path => "path",
+        };
+        options.push(("--s3-uri-style", style.to_owned()));
+        if !self.verify_tls {
+            options.push(("--s3-verify-tls", "n".to_owned()));
+        }
+        if let Some(ca_file) = &self.ca_file {
+            options.push(("--s3-ca-file", ca_file.to_string_lossy().into_owned()));
+        }
+        options
+    }
+
     /// `text` with the key, the secret and the token blanked out.
     pub fn redact(&self, text: &str) -> String {
         let mut text = text.to_owned();

@@ -11,6 +11,11 @@
 //! so syncing is nothing to do. That is all the repository needs to make a
 //! backup visible only when its record says DONE, written last.
 //!
+//! A multipart upload that its writer could not abort (the store was
+//! down, the process killed) stays in the bucket, invisible but kept: a
+//! removal of a prefix aborts those under it too, so that removing a failed
+//! backup's partial files leaves nothing behind.
+//!
 //! Some stores (SeaweedFS) keep a "directory" object `a/b/` after the last
 //! object under `a/b/` is deleted: listings skip such keys, and a removal
 //! of everything under a prefix deletes them too, deepest first.
@@ -38,6 +43,8 @@ pub use error::{S3Error, S3Failure};
 
 /// Uploader threads per file being written.
 const UPLOADERS_PER_FILE: usize = 2;
+/// Listings of a thousand unfinished uploads each, at most, per removal.
+const MAX_UPLOAD_LISTINGS: usize = 100;
 /// Connections kept open to the store, for that many requests at once.
 const CONNECTIONS: usize = 32;
 
@@ -80,6 +87,33 @@ impl S3Storage {
             ));
         }
         Ok(super::join(&self.location.prefix, path))
+    }
+
+    /// Aborts the multipart uploads under way under `prefix`: what a
+    /// writer cut off with the store (or the process) left behind, which
+    /// the store would otherwise keep, and bill, forever.
+    fn abort_uploads(&self, prefix: &str) -> io::Result<()> {
+        for _ in 0..MAX_UPLOAD_LISTINGS {
+            let (uploads, truncated) = self.client.list_uploads(prefix)?;
+            for (key, id) in &uploads {
+                self.client.abort_multipart(key, id)?;
+            }
+            if !truncated || uploads.is_empty() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// How many multipart uploads are under way under repository path
+    /// `path` (up to a thousand).
+    pub fn unfinished_uploads(&self, path: &str) -> io::Result<usize> {
+        self.key(path)?;
+        Ok(self
+            .client
+            .list_uploads(&self.listing_prefix(path))?
+            .0
+            .len())
     }
 
     /// What the keys under repository path `path` start with.
@@ -173,6 +207,7 @@ impl Storage for S3Storage {
     fn remove_all(&self, prefix: &str) -> io::Result<()> {
         let key = self.key(prefix)?;
         let under = self.listing_prefix(prefix);
+        self.abort_uploads(&under)?;
         let (objects, _) = self.client.list(&under, false, None)?;
         let mut keys: Vec<String> = objects.into_iter().map(|object| object.key).collect();
         if !key.is_empty() && self.client.head(&key)?.is_some() {
