@@ -5,6 +5,7 @@ or only those named (function names or file names) on the command line.
   python3 pg_test/run.py                         # everything
   python3 pg_test/run.py test_oracles_selftest.py
   python3 pg_test/run.py test_bad_input test_crash_recovery
+  python3 pg_test/run.py -test_s3.py             # everything but these
 
 Each test is bounded by its module's TEST_TIMEOUT (seconds, default 600).
 PGBB_KEEP=1 keeps the test directories for inspection.
@@ -79,8 +80,12 @@ def run_one(module, func):
 
 
 def main(argv):
-    selected = set(argv)
-    tests = collect(selected)
+    # `-NAME` leaves a test (or a file's tests) out of the others.
+    left_out = {a[1:] for a in argv if a.startswith("-")}
+    selected = {a for a in argv if not a.startswith("-")}
+    tests = [(m, f) for m, f in collect(selected)
+             if f.__name__ not in left_out and f"{m.__name__}.py" not in left_out]
+    selected |= left_out
     known = {f.__name__ for _, f in collect(set())} | {m.__name__ for m in test_modules()}
     unknown = {s for s in selected if s.removesuffix(".py") not in known}
     counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}

@@ -75,9 +75,10 @@ def s3_settings(store, prefix=PREFIX, secret=None, bucket=None):
     return settings
 
 
-def configure_s3(td, cluster, store, **kwargs):
+def configure_s3(td, cluster, store, restart=False, **kwargs):
     """Writes the S3 settings to a file outside the data directory, has
-    postgresql.conf include it, reloads and waits for it to apply."""
+    postgresql.conf include it, reloads (or restarts: PostgreSQL logs the
+    new value of every setting a reload changes) and waits for it to apply."""
     path = os.path.join(td.subdir("s3conf"), f"{os.path.basename(cluster.datadir)}.conf")
     settings = s3_settings(store, **kwargs)
     with open(path, "w") as f:
@@ -92,15 +93,18 @@ def configure_s3(td, cluster, store, **kwargs):
     if line not in text:
         with open(conf, "a") as f:
             f.write(line)
-    cluster.sql("SELECT pg_reload_conf()")
+    if restart:
+        cluster.restart()
+    else:
+        cluster.sql("SELECT pg_reload_conf()")
     wait_until(lambda: cluster.sql_value("SHOW blockbackup.repository") == settings["blockbackup.repository"],
                timeout=30, what="the S3 settings to apply")
     return settings["blockbackup.repository"]
 
 
-def s3_cluster(td, store, name="primary", **settings):
+def s3_cluster(td, store, name="primary", restart=False, **settings):
     c = ext.extension_cluster(td, name, functions=BACKUP_FUNCTIONS, **settings)
-    return c, configure_s3(td, c, store)
+    return c, configure_s3(td, c, store, restart=restart)
 
 
 def cli_s3(store, repository, *args, check=True, timeout=bk.BACKUP_TIMEOUT):
@@ -197,3 +201,191 @@ def test_backups_in_seaweedfs_restore_equal_to_their_source():
 
 def test_backups_in_rclone_restore_equal_to_their_source():
     backups_restore_equal(Rclone)
+
+
+# ---- point-in-time restore from the bucket, over TLS ----------------------
+
+def archive_values(cluster):
+    if cluster.sql_value("SELECT to_regclass('pitr') IS NULL") == "t":
+        return None
+    return [r[0] for r in cluster.sql("SELECT v FROM pitr ORDER BY v")]
+
+
+def test_point_in_time_restore_from_the_bucket_over_tls():
+    """The archive module writes every segment to the bucket (TLS, the
+    store's certificate checked against its CA file); a restore to a time
+    between two commits fetches the WAL from the bucket with the offline
+    command, its credentials from the restored server's environment only."""
+    with TestDir() as td:
+        bk.require_cli()
+        with SeaweedFS(td.subdir("store"), BUCKET, KEY, SECRET, tls=True) as store:
+            assert store.endpoint.startswith("https://"), store.endpoint
+            c = ext.extension_cluster(td, "primary", functions=BACKUP_FUNCTIONS, archive_mode="on",
+                                      archive_library="pg_blockbackup", archive_timeout=0)
+            configure_s3(td, c, store)
+            bk.set_config(c, "blockbackup.compression", "zstd")
+            full = bk.take_backup(c, "full")
+            c.sql("CREATE TABLE pitr(v text); INSERT INTO pitr VALUES ('A')")
+            time.sleep(1.2)
+            moment = c.sql_value("SELECT clock_timestamp()")
+            time.sleep(1.2)
+            c.sql("INSERT INTO pitr VALUES ('B')")
+            c.sql("CREATE TABLE churn AS SELECT g FROM generate_series(1, 20000) g")
+            last = c.sql_value("SELECT pg_walfile_name(pg_current_wal_lsn())")
+            c.sql("SELECT pg_switch_wal()")
+            wait_until(lambda: (c.sql_value("SELECT last_archived_wal FROM pg_stat_archiver") or "") >= last,
+                       timeout=120, what=f"{last} to be archived")
+            assert c.sql_value("SELECT failed_count FROM pg_stat_archiver") == "0", c.log_tail()
+            archived = store.list_keys(f"{PREFIX}/archive/")
+            assert any(f"/{last}-" in key for key in archived), (last, archived[-3:])
+            newest = c.sql_value("SELECT max(end_wal) FROM blockbackup.archived_wal()")
+            assert newest >= last, (newest, last)
+
+            target = bk.new_target(td, "to_time", c)
+            target.settings["archive_mode"] = "off"
+            c.sql(f"SELECT files FROM blockbackup.restore_backup({quote_literal(full.backup_id)}, "
+                  f"{quote_literal(target.datadir)}, recovery_target_time => {quote_literal(moment)})",
+                  timeout=600)
+            with open(os.path.join(target.datadir, "postgresql.auto.conf")) as f:
+                auto = f.read()
+            assert "archive-get" in auto and store.endpoint in auto, auto
+            assert SECRET not in auto and KEY not in auto, "the restore_command carries a credential"
+            with credentials_in_environment(store):
+                bk.start_restored(target)
+            assert archive_values(target) == ["A"], archive_values(target)
+            target.stop()
+
+            # The offline command reads the archive from the bucket too.
+            fetched = os.path.join(td.subdir("fetched"), last)
+            cli_s3(store, f"s3://{BUCKET}/{PREFIX}", "archive-get", last, fetched)
+            with open(fetched, "rb") as f, open(os.path.join(c.datadir, "pg_wal", last), "rb") as g:
+                assert f.read() == g.read(), "archive-get from the bucket differs from pg_wal"
+            missing = cli_s3(store, f"s3://{BUCKET}/{PREFIX}", "archive-get", "0000000100000000000000FF",
+                             fetched + ".none", check=False)
+            assert missing.returncode == 1, (missing.returncode, missing.stderr)
+
+
+# ---- faults ----------------------------------------------------------------
+
+def test_the_store_stopped_during_a_backup():
+    """The backup ERRORs (connection failure, after bounded retries), earlier
+    backups stay DONE and restorable, the catalog cannot be read while the
+    store is down (an error, not a hang), the next backup works once it is
+    back, and no multipart upload of the failed one is left."""
+    with TestDir() as td:
+        with Rclone(td.subdir("store"), BUCKET, KEY, SECRET) as store:
+            c, _ = s3_cluster(td, store)
+            pgbench_init(c, scale=12)
+            first = bk.take_backup(c, "full")
+            source_dump = bk.dumpall(c)
+            running = bk.take_backup_background(c, "full", parallel=2)
+            prefix = f"{PREFIX}/backups/"
+            wait_until(lambda: len([k for k in store.list_keys(prefix) if first.backup_id not in k]) > 20,
+                       timeout=60, interval=0.02,
+                       what=f"the second backup to upload (the first took {first.duration_ms} ms)")
+            store.stop()
+            out, err = running.communicate(timeout=180)
+            assert running.returncode != 0, out
+            assert "ERROR:  08006" in err, err
+            started = time.monotonic()
+            bk.expect_sqlstate(c, "SELECT * FROM blockbackup.backups()", "08006",
+                               contains="object store", hint=True)
+            assert time.monotonic() - started < 60, "an unreachable store must not hang a query"
+
+            store.start()
+            catalog = bk.backups(c)
+            assert catalog[first.backup_id].status in bk.USABLE, catalog
+            failed = [e for e in catalog.values() if e.backup_id != first.backup_id]
+            assert [e.status for e in failed] == ["ERROR"], failed
+            second = bk.take_backup(c, "full")
+            assert bk.backups(c)[second.backup_id].status in bk.USABLE
+            assert not stored_keys(store, failed[0].backup_id + "/pgdata"), "the failed backup's files stayed"
+            assert_no_unfinished_uploads(store)
+            restored, _ = bk.restore_and_start(td, c, first.backup_id, "restored")
+            bk.assert_dumps_equal(source_dump, bk.dumpall(restored))
+
+
+def test_bad_store_settings_are_told_apart():
+    with TestDir() as td:
+        with Rclone(td.subdir("store"), BUCKET, KEY, SECRET) as store:
+            c, _ = s3_cluster(td, store)
+            wrong = "not-the-Secret-4d2b"
+            configure_s3(td, c, store, secret=wrong)
+            err = bk.expect_sqlstate(c, bk.take_backup_query("full"), "28000",
+                                     contains="SignatureDoesNotMatch", hint=True)
+            assert wrong not in err.stderr and SECRET not in err.stderr, err.stderr
+            configure_s3(td, c, store, bucket="no-such-bucket")
+            bk.expect_sqlstate(c, bk.take_backup_query("full"), "58P01", contains="bucket", hint=True)
+            configure_s3(td, c, store)
+            bk.set_config(c, "blockbackup.repository", "s3://Not_A_Bucket/x")
+            bk.expect_sqlstate(c, bk.take_backup_query("full"), "22023", contains="bucket", hint=True)
+            bk.set_config(c, "blockbackup.repository", f"s3://{BUCKET}/{PREFIX}")
+            full = bk.take_backup(c, "full")
+            port = store.port
+            store.stop()
+            started = time.monotonic()
+            err = bk.expect_sqlstate(c, "SELECT * FROM blockbackup.backups()", "08006",
+                                     contains=f"127.0.0.1", hint=True)
+            assert "gave up after" in err.stderr, err.stderr
+            assert time.monotonic() - started < 60
+            # The offline command says the same, and exits.
+            out = cli_s3(store, f"s3://{BUCKET}/{PREFIX}", "list", check=False)
+            assert out.returncode == 1 and "127.0.0.1" in out.stderr, out.stderr
+            assert SECRET not in out.stderr
+            store.start()
+            assert store.port == port
+            assert full.backup_id in bk.backups(c)
+            refused = run([bk.require_cli(), "--repository", f"s3://{BUCKET}/{PREFIX}",
+                           "--s3-key-secret", SECRET, "list"], as_postgres=True, check=False)
+            assert refused.returncode != 0 and "AWS_SECRET_ACCESS_KEY" in refused.stderr, refused.stderr
+
+
+# ---- the secret stays secret -----------------------------------------------
+
+def test_the_secret_stays_a_superusers():
+    with TestDir() as td:
+        with SeaweedFS(td.subdir("store"), BUCKET, KEY, SECRET) as store:
+            c, _ = s3_cluster(td, store, restart=True, log_min_messages="debug1", log_statement="all")
+            pgbench_init(c, scale=1)
+            c.sql("CREATE ROLE plain LOGIN")
+            for query in ("SHOW blockbackup.s3_key_secret", "SELECT current_setting('blockbackup.s3_key_secret')",
+                          "SHOW blockbackup.s3_key", "SHOW blockbackup.s3_token",
+                          "SET blockbackup.s3_key_secret = 'x'"):
+                bk.expect_sqlstate(c, query, "42501", user="plain")
+            shown = run(c.psql_argv(user="plain") + ["-c", "SHOW ALL", "-c", "TABLE pg_settings"],
+                        check=True).stdout
+            assert SECRET not in shown and KEY not in shown, "a plain role reads a credential"
+            bk.expect_sqlstate(c, bk.take_backup_query("full"), "42501", user="plain")
+            bk.expect_sqlstate(c, "SELECT * FROM blockbackup.launch_dump_agent('postgres')", "0A000",
+                               contains="S3", hint=True)
+
+            full = bk.take_backup(c, "full")
+            small_change(c, "s")
+            bk.take_backup(c)
+            outputs = [c.sql(q) for q in ("SELECT * FROM blockbackup.backups()",
+                                         "SELECT * FROM blockbackup.validate_backup()",
+                                         "SELECT * FROM blockbackup.check()")]
+            assert SECRET not in repr(outputs), "a function's output holds the secret"
+            client = store.client()
+            keys = store.list_keys("")
+            assert len(keys) > 100, len(keys)
+            for key in keys:
+                assert SECRET.encode() not in client.get_object(key), f"{key} holds the secret"
+            with open(c.logfile, errors="replace") as f:
+                log = f.read()
+            assert "take_backup" in log and SECRET not in log, "the server log holds the secret"
+
+            # Credentials from the server's environment instead, where a
+            # reload never shows them.
+            conf = os.path.join(td.path, "s3conf", f"{os.path.basename(c.datadir)}.conf")
+            with open(conf) as f:
+                kept = [line for line in f if not line.startswith(("blockbackup.s3_key", ))]
+            with open(conf, "w") as f:
+                f.writelines(kept)
+            c.stop()
+            with credentials_in_environment(store):
+                c.start()
+            assert c.sql_value("SHOW blockbackup.s3_key_secret") == ""
+            second = bk.take_backup(c, "full")
+            assert bk.backups(c)[second.backup_id].status in bk.USABLE
+            assert full.backup_id in bk.backups(c)

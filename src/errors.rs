@@ -138,6 +138,15 @@ pub fn summary_access(error: SummaryDirError) -> ! {
     )
 }
 
+pub fn dump_needs_local_repository(repository: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("dump agents need a repository in a directory, and \"{repository}\" is in S3"),
+        Some("pg_dump writes its output into the repository's directory by itself.".into()),
+        Some("Take physical backups (take_backup) into the bucket, or point blockbackup.repository at a directory for dumps."),
+    )
+}
+
 pub fn repository_unset() -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

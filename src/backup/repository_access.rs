@@ -76,11 +76,14 @@ pub fn checked_repository_location() -> Result<RepositoryLocation, (String, &'st
 }
 
 /// The `blockbackup.s3_*` settings (whether or not the repository is in
-/// S3; only an S3 repository uses them).
+/// S3; only an S3 repository uses them). Credentials not set there come
+/// from the server's environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+/// AWS_SESSION_TOKEN), where no reload ever logs them.
 pub fn s3_settings() -> S3Settings {
-    let text = |setting| settings::text(setting).unwrap_or_default();
+    let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let credential = |setting, name: &str| settings::text(setting).or_else(|| env(name));
     S3Settings {
-        endpoint: text(&settings::S3_ENDPOINT),
+        endpoint: settings::text(&settings::S3_ENDPOINT).unwrap_or_default(),
         region: settings::text(&settings::S3_REGION).unwrap_or_else(|| DEFAULT_REGION.to_owned()),
         uri_style: match settings::S3_URI_STYLE.get() {
             settings::UriStyleSetting::Host => UriStyle::Host,
@@ -88,9 +91,11 @@ pub fn s3_settings() -> S3Settings {
         },
         verify_tls: settings::S3_VERIFY_TLS.get(),
         ca_file: settings::text(&settings::S3_CA_FILE).map(PathBuf::from),
-        key: text(&settings::S3_KEY),
-        secret: Secret::new(text(&settings::S3_KEY_SECRET)),
-        token: settings::text(&settings::S3_TOKEN).map(Secret::new),
+        key: credential(&settings::S3_KEY, "AWS_ACCESS_KEY_ID").unwrap_or_default(),
+        secret: Secret::new(
+            credential(&settings::S3_KEY_SECRET, "AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
+        ),
+        token: credential(&settings::S3_TOKEN, "AWS_SESSION_TOKEN").map(Secret::new),
     }
 }
 
