@@ -18,14 +18,14 @@ directory that postgresql.conf includes: settings inside it (ALTER SYSTEM)
 would be copied by every backup into the bucket.
 """
 import os
-import subprocess
 import time
 
 from harness import backup as bk
 from harness import extension as ext
-from harness.cluster import CommandError, TestDir, chown_postgres, quote_literal, run, wait_until
+from harness.cluster import TestDir, chown_postgres, quote_literal, run, wait_until
 from harness.object_store import Rclone, SeaweedFS
 from harness.workload import backup_churn, pgbench_init, run_workload, small_change
+from test_archive import switch_segment, values, wait_archived
 
 TEST_TIMEOUT = 1500
 
@@ -205,12 +205,6 @@ def test_backups_in_rclone_restore_equal_to_their_source():
 
 # ---- point-in-time restore from the bucket, over TLS ----------------------
 
-def archive_values(cluster):
-    if cluster.sql_value("SELECT to_regclass('pitr') IS NULL") == "t":
-        return None
-    return [r[0] for r in cluster.sql("SELECT v FROM pitr ORDER BY v")]
-
-
 def test_point_in_time_restore_from_the_bucket_over_tls():
     """The archive module writes every segment to the bucket (TLS, the
     store's certificate checked against its CA file); a restore to a time
@@ -230,11 +224,8 @@ def test_point_in_time_restore_from_the_bucket_over_tls():
             moment = c.sql_value("SELECT clock_timestamp()")
             time.sleep(1.2)
             c.sql("INSERT INTO pitr VALUES ('B')")
-            c.sql("CREATE TABLE churn AS SELECT g FROM generate_series(1, 20000) g")
-            last = c.sql_value("SELECT pg_walfile_name(pg_current_wal_lsn())")
-            c.sql("SELECT pg_switch_wal()")
-            wait_until(lambda: (c.sql_value("SELECT last_archived_wal FROM pg_stat_archiver") or "") >= last,
-                       timeout=120, what=f"{last} to be archived")
+            last = switch_segment(c)
+            wait_archived(c, last)
             assert c.sql_value("SELECT failed_count FROM pg_stat_archiver") == "0", c.log_tail()
             archived = store.list_keys(f"{PREFIX}/archive/")
             assert any(f"/{last}-" in key for key in archived), (last, archived[-3:])
@@ -252,7 +243,7 @@ def test_point_in_time_restore_from_the_bucket_over_tls():
             assert SECRET not in auto and KEY not in auto, "the restore_command carries a credential"
             with credentials_in_environment(store):
                 bk.start_restored(target)
-            assert archive_values(target) == ["A"], archive_values(target)
+            assert values(target) == ["A"], values(target)
             target.stop()
 
             # The offline command reads the archive from the bucket too.

@@ -155,16 +155,7 @@ fn start(kind: Kind) -> Option<Store> {
 }
 
 fn settings(store: &Store) -> S3Settings {
-    S3Settings {
-        endpoint: format!("http://127.0.0.1:{}", store.port),
-        region: "us-east-1".into(),
-        uri_style: UriStyle::Path,
-        verify_tls: true,
-        ca_file: None,
-        key: KEY.into(),
-        secret: Secret::new(SECRET),
-        token: None,
-    }
+    settings_for_port(store.port)
 }
 
 fn location(prefix: &str) -> S3Location {
@@ -353,10 +344,7 @@ fn bad_credentials_a_missing_bucket_and_no_store_are_told_apart() {
 
     let port = store.port;
     drop(store);
-    let gone = S3Settings {
-        endpoint: format!("http://127.0.0.1:{port}"),
-        ..settings_for_port(port)
-    };
+    let gone = settings_for_port(port);
     let started = Instant::now();
     let (failure, text) = failure_of(S3Storage::connect(&location("r"), &gone, quick()));
     assert_eq!(failure, S3Failure::Unreachable, "{text}");
