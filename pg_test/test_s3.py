@@ -22,7 +22,7 @@ import time
 
 from harness import backup as bk
 from harness import extension as ext
-from harness.cluster import TestDir, chown_postgres, quote_literal, run, wait_until
+from harness.cluster import TestDir, chown_postgres, pg_bin, quote_literal, run, wait_until
 from harness.object_store import Rclone, SeaweedFS
 from harness.workload import backup_churn, pgbench_init, run_workload, small_change
 from test_archive import switch_segment, values, wait_archived
@@ -347,8 +347,8 @@ def test_the_secret_stays_a_superusers():
                         check=True).stdout
             assert SECRET not in shown and KEY not in shown, "a plain role reads a credential"
             bk.expect_sqlstate(c, bk.take_backup_query("full"), "42501", user="plain")
-            bk.expect_sqlstate(c, "SELECT * FROM blockbackup.launch_dump_agent('postgres')", "0A000",
-                               contains="S3", hint=True)
+            bk.expect_sqlstate(c, "SELECT * FROM blockbackup.launch_dump_agent('postgres', 'directory')",
+                               "0A000", contains="S3", hint=True)
 
             full = bk.take_backup(c, "full")
             small_change(c, "s")
@@ -380,3 +380,54 @@ def test_the_secret_stays_a_superusers():
             second = bk.take_backup(c, "full")
             assert bk.backups(c)[second.backup_id].status in bk.USABLE
             assert full.backup_id in bk.backups(c)
+
+
+# ---- dump agents into the bucket -------------------------------------------
+
+def dump_agent_row(c, query):
+    return dict(zip(("agent_id", "status", "backup_id", "exit_code", "output_path"),
+                    c.sql(f"SELECT agent_id, status, backup_id, exit_code, output_path FROM ({query}) a",
+                          timeout=600)[0]))
+
+
+def test_dumps_stream_into_the_bucket():
+    """Custom and plain dumps land in the bucket (the harness's client
+    reads them back): pg_restore of the custom one and psql of the plain one
+    give databases whose pg_dump equals the source's; pg_dump's log is
+    stored beside them; validation checks them; no upload is left."""
+    with TestDir() as td:
+        with Rclone(td.subdir("store"), BUCKET, KEY, SECRET) as store:
+            c, _ = s3_cluster(td, store)
+            c.sql("CREATE DATABASE appdb")
+            c.sql("CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g; "
+                  "CREATE INDEX ON t (h); CREATE VIEW v AS SELECT count(*) FROM t", db="appdb")
+            source = run([pg_bin("pg_dump"), "-h", c.sockdir, "-p", str(c.port), "appdb"],
+                         as_postgres=True).stdout
+            client = store.client()
+            for fmt, name in (("custom", "dump.custom"), ("plain", "dump.sql")):
+                agent = dump_agent_row(c, f"SELECT * FROM blockbackup.launch_dump_agent('appdb', '{fmt}')")
+                assert agent["status"] == "DONE" and agent["exit_code"] == "0", agent
+                key = f"{PREFIX}/backups/{agent['backup_id']}/dump/{name}"
+                assert agent["output_path"] == f"s3://{BUCKET}/{key}", agent
+                assert f"{PREFIX}/backups/{agent['backup_id']}/pg_dump.log" in store.list_keys(
+                    f"{PREFIX}/backups/{agent['backup_id']}/"), "no pg_dump.log stored"
+                local = os.path.join(td.subdir(f"dl_{fmt}"), name)
+                with open(local, "wb") as f:
+                    f.write(client.get_object(key))
+                chown_postgres(local)
+                entry = bk.backups(c)[agent["backup_id"]]
+                assert entry.status in bk.USABLE and entry.bytes_written == os.path.getsize(local), entry
+                c.sql(f"CREATE DATABASE back_{fmt}")
+                if fmt == "custom":
+                    run([pg_bin("pg_restore"), "-h", c.sockdir, "-p", str(c.port), "-d", f"back_{fmt}", local],
+                        as_postgres=True)
+                else:
+                    run([pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", c.sockdir, "-p",
+                         str(c.port), "-d", f"back_{fmt}", "-f", local], as_postgres=True)
+                restored = run([pg_bin("pg_dump"), "-h", c.sockdir, "-p", str(c.port), f"back_{fmt}"],
+                               as_postgres=True).stdout
+                assert bk.normalize_dump(restored) == bk.normalize_dump(source), \
+                    f"the {fmt} dump from the bucket restores to another database"
+            rows = bk.validate(c)
+            assert all(r.status == "OK" for r in rows.values()), rows
+            assert_no_unfinished_uploads(store)

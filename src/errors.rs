@@ -138,12 +138,12 @@ pub fn summary_access(error: SummaryDirError) -> ! {
     )
 }
 
-pub fn dump_needs_local_repository(repository: &str) -> ! {
+pub fn directory_dump_needs_local_repository(repository: &str) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-        format!("dump agents need a repository in a directory, and \"{repository}\" is in S3"),
-        Some("pg_dump writes its output into the repository's directory by itself.".into()),
-        Some("Take physical backups (take_backup) into the bucket, or point blockbackup.repository at a directory for dumps."),
+        format!("a dump in the directory format needs a repository in a directory, and \"{repository}\" is in S3"),
+        Some("pg_dump writes the directory format into a directory by itself; the other formats are streamed into the bucket.".into()),
+        Some("Use format => 'custom' (or 'tar' or 'plain'), or point blockbackup.repository at a directory."),
     )
 }
 

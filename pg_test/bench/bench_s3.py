@@ -11,7 +11,9 @@ figure next to its peer measured in the same run, on the same data:
   * an incremental after scattered single-row updates, to the bucket and to
     the directory: bytes written by each;
   * restore of the full from the bucket against the same restore from the
-    directory (`--parallel` threads both).
+    directory (`--parallel` threads both);
+  * beside each full, the CPU time the store's process used meanwhile
+    (it shares the machine with PostgreSQL).
 
 Usage: python3 pg_test/bench/bench_s3.py [--scale 100] [--parallel 4]
        [--updates 1639] [--dir /var/tmp] [--drop-caches]
@@ -40,6 +42,13 @@ def timed(fn):
     began = time.monotonic()
     result = fn()
     return time.monotonic() - began, result
+
+
+def cpu_seconds(pid):
+    """utime + stime of process `pid` and of its threads, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def drop_caches(enabled):
@@ -109,9 +118,13 @@ def main():
             def full(repository, what):
                 bk.set_config(c, "blockbackup.repository", repository)
                 drop_caches(args.drop_caches)
+                store_cpu = cpu_seconds(store.proc.pid)
                 secs, b = timed(lambda: bk.take_backup(c, "full", compress="none", parallel=args.parallel,
                                                        timeout=7200))
                 add(what, query, secs, b.bytes_written)
+                store_cpu = cpu_seconds(store.proc.pid) - store_cpu
+                print(f"# the store used {store_cpu:.1f} CPU seconds meanwhile, of the "
+                      f"{secs * os.cpu_count():.1f} the machine had", flush=True)
                 return b
 
             local_full = full(local_repo, "full to a local directory")

@@ -5,7 +5,7 @@ use std::ffi::CStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use blockbackup_core::dump::request::DumpRequest;
+use blockbackup_core::dump::request::{DumpFormat, DumpRequest};
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
@@ -26,9 +26,9 @@ pub fn launch(request: DumpRequest, wait: bool) -> AgentSlot {
     let table = shared_state::dump_agents();
     check_database(&request.database);
     let repository = repository_access::open_for_writing();
-    let Some(root) = repository.local_root() else {
-        errors::dump_needs_local_repository(&repository.root().display().to_string());
-    };
+    if repository.local_root().is_none() && request.format == DumpFormat::Directory {
+        errors::directory_dump_needs_local_repository(&repository.root().display().to_string());
+    }
     let job = AgentJob {
         database: request.database.clone(),
         format: request.format.as_str().to_owned(),
@@ -37,7 +37,7 @@ pub fn launch(request: DumpRequest, wait: bool) -> AgentSlot {
         role: session_role(),
         socket_directory: socket_directory(),
         port: u16::try_from(unsafe { pg_sys::PostPortNumber }).unwrap_or(5432),
-        repository: root.to_string_lossy().into_owned(),
+        repository: repository.location().to_string(),
         pg_dump: pg_dump_program().to_string_lossy().into_owned(),
     };
     let (index, id) = match table.claim(&job, now_us()) {

@@ -8,6 +8,12 @@
 //! postmaster dies; pg_dump itself dies with the worker (parent-death
 //! signal). Nothing here raises an error through PostgreSQL: every failure
 //! becomes the agent's ERROR and message.
+//!
+//! Into a local repository pg_dump writes by itself; into one in S3 its
+//! standard output is streamed into the bucket (`dump::stream`) and its
+//! standard error gathered in a temporary file of the data directory
+//! (`base/pgsql_tmp`, which no backup copies), stored beside the dump at
+//! the end.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -17,22 +23,24 @@ use blockbackup_core::dump::process::{checksum_output, log_tail, DumpExit, DumpP
 use blockbackup_core::dump::request::{
     pg_dump_arguments, ConnectionTarget, DumpFormat, DumpRequest,
 };
+use blockbackup_core::dump::stream::OutputStream;
 use blockbackup_core::repository::catalog::{
     BackupContents, BackupMode, BackupRecord, BackupStatus, DumpDetails,
 };
-use blockbackup_core::repository::{Repository, RunningLock};
+use blockbackup_core::repository::{Repository, RepositoryLocation, RunningLock};
+use blockbackup_core::storage::join;
 use blockbackup_core::Lsn;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::agent_table::{now_us, AgentSlot, AgentState, DumpAgentTable};
-use crate::backup::pg_backup_functions;
+use crate::backup::{pg_backup_functions, repository_access};
+use crate::server_paths::data_directory;
 use crate::{shared_state, timeline};
 
-/// pg_dump writes its output by itself, so it needs a directory here.
-const LOCAL_ONLY: &str =
-    "dump agents need a repository in a local directory: pg_dump writes its output there";
+/// Where a streamed dump's pg_dump standard error waits to be stored.
+const STREAMED_LOG_DIR: &str = "base/pgsql_tmp";
 
 /// How long pg_dump gets to leave after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -70,6 +78,14 @@ struct Agent {
     slot: AgentSlot,
 }
 
+/// Where pg_dump's output goes.
+enum Output {
+    /// The file or directory pg_dump writes itself (a local repository).
+    Local(PathBuf),
+    /// The store's path its standard output is streamed to.
+    Streamed(String),
+}
+
 /// Why pg_dump was stopped before it ended by itself.
 enum StopReason {
     Cancelled,
@@ -101,23 +117,34 @@ impl Agent {
             }
         };
         let backup_id = record.backup_id.clone();
-        let Some(log) = repo.dump_log(&backup_id) else {
-            self.table.fail(self.index, self.id, LOCAL_ONLY);
+        let log = match &output {
+            Output::Local(_) => repo.dump_log(&backup_id),
+            Output::Streamed(_) => streamed_log(&backup_id),
+        };
+        let Some(log) = log else {
+            self.table
+                .fail(self.index, self.id, "no place for pg_dump's log");
             return;
         };
-        let output_text = output.to_string_lossy().into_owned();
+        let output_text = match &output {
+            Output::Local(path) => path.to_string_lossy().into_owned(),
+            Output::Streamed(path) => repo.path_of(path).to_string_lossy().into_owned(),
+        };
         self.table.update(self.index, self.id, true, |slot| {
             slot.state = AgentState::Running;
             slot.set_backup(&backup_id, &output_text);
         });
 
-        let outcome = self.supervise(&output, &log);
+        let mut stream = None;
+        let outcome = self.supervise(&repo, &output, &log, &mut stream);
         let tail = log_tail(&log, MESSAGE_TAIL_BYTES).unwrap_or_default();
         let (state, exit_code, message) = match outcome {
-            Ok((exit, None)) if exit.succeeded() => match self.record_output(&repo, &mut record) {
-                Ok(()) => (AgentState::Done, exit.code, tail),
-                Err(error) => (AgentState::Error, exit.code, error),
-            },
+            Ok((exit, None)) if exit.succeeded() => {
+                match self.record_output(&repo, &mut record, &output, stream.take()) {
+                    Ok(()) => (AgentState::Done, exit.code, tail),
+                    Err(error) => (AgentState::Error, exit.code, error),
+                }
+            }
             Ok((exit, None)) => (
                 AgentState::Error,
                 exit.code,
@@ -130,8 +157,15 @@ impl Agent {
             ),
             Err(error) => (AgentState::Error, None, error),
         };
+        if let Some(stream) = stream.take() {
+            // pg_dump failed or was stopped: the upload goes.
+            let _ = stream.finish(false, "");
+        }
         if state == AgentState::Error {
             self.record_failure(&repo, &mut record, &output, exit_code, &message);
+        }
+        if matches!(output, Output::Streamed(_)) {
+            store_log(&repo, &backup_id, &log);
         }
         let bytes = record.bytes_written as i64;
         self.table.update(self.index, self.id, true, |slot| {
@@ -144,16 +178,13 @@ impl Agent {
         });
     }
 
-    /// The repository entry (RUNNING, with the running lock held) and the
-    /// path pg_dump writes to.
-    fn create_entry(&self) -> Result<(Repository, BackupRecord, PathBuf, RunningLock), String> {
+    /// The repository entry (RUNNING, with the running lock held) and
+    /// where pg_dump's output goes.
+    fn create_entry(&self) -> Result<(Repository, BackupRecord, Output, RunningLock), String> {
         let slot = &self.slot;
         let format = DumpFormat::parse(&slot.format()).map_err(|e| e.to_string())?;
-        let repo = Repository::open_or_create(
-            Path::new(&slot.repository()),
-            pg_backup_functions::system_identifier(),
-        )
-        .map_err(|e| e.to_string())?;
+        let location = RepositoryLocation::parse(&slot.repository()).map_err(|e| e.to_string())?;
+        let repo = repository_access::open_or_create(&location).map_err(|e| e.to_string())?;
         let database = slot.database();
         let mut record = BackupRecord::begin(
             BackupMode::Dump,
@@ -175,10 +206,10 @@ impl Agent {
             .create_backup(&mut record)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "the repository did not lock the new dump".to_owned())?;
-        let output = repo
-            .dump_dir(&record.backup_id)
-            .ok_or_else(|| LOCAL_ONLY.to_owned())?
-            .join(format.output_name());
+        let output = match repo.dump_dir(&record.backup_id) {
+            Some(dir) => Output::Local(dir.join(format.output_name())),
+            None => Output::Streamed(join(&repo.content_prefix(&record), format.output_name())),
+        };
         Ok((repo, record, output, running))
     }
 
@@ -186,8 +217,10 @@ impl Agent {
     /// it was stopped, if it was.
     fn supervise(
         &self,
-        output: &Path,
+        repo: &Repository,
+        output: &Output,
         log: &Path,
+        stream: &mut Option<OutputStream>,
     ) -> Result<(DumpExit, Option<StopReason>), String> {
         let slot = &self.slot;
         let request = DumpRequest {
@@ -202,10 +235,30 @@ impl Agent {
             role: slot.role(),
             application_name: format!("pg_blockbackup dump agent {}", self.id),
         };
-        let arguments = pg_dump_arguments(&request, &target, output);
+        let local = match output {
+            Output::Local(path) => Some(path.as_path()),
+            Output::Streamed(_) => None,
+        };
+        let writer = match output {
+            Output::Local(_) => None,
+            Output::Streamed(path) => Some(repo.storage().create(path).map_err(|e| {
+                format!("could not store \"{}\": {e}", repo.path_of(path).display())
+            })?),
+        };
+        let arguments = pg_dump_arguments(&request, &target, local);
         let program = PathBuf::from(slot.pg_dump());
-        let mut process = DumpProcess::spawn(&program, &arguments, &environment(), log)
-            .map_err(|e| format!("could not start \"{}\": {e}", program.display()))?;
+        let mut process =
+            DumpProcess::spawn(&program, &arguments, &environment(), log, local.is_none())
+                .map_err(|e| format!("could not start \"{}\": {e}", program.display()))?;
+        if let (Some(writer), Some(pipe)) = (writer, process.take_output()) {
+            match OutputStream::start(pipe, writer) {
+                Ok(started) => *stream = Some(started),
+                Err(error) => {
+                    let _ = process.terminate(STOP_GRACE);
+                    return Err(format!("could not stream pg_dump's output: {error}"));
+                }
+            }
+        }
         let pid = process.pid() as i32;
         self.table
             .update(self.index, self.id, true, |slot| slot.dump_pid = pid);
@@ -235,25 +288,48 @@ impl Agent {
             }
             if last_size_check.elapsed() >= SIZE_REFRESH {
                 last_size_check = Instant::now();
-                let bytes = tree_size(output) as i64;
+                let bytes = match (output, stream.as_ref()) {
+                    (Output::Local(path), _) => tree_size(path),
+                    (Output::Streamed(_), Some(stream)) => stream.bytes(),
+                    (Output::Streamed(_), None) => 0,
+                } as i64;
                 self.table
                     .update(self.index, self.id, false, |slot| slot.bytes = bytes);
             }
         }
     }
 
-    /// Checksums what pg_dump wrote and records the dump DONE.
-    fn record_output(&self, repo: &Repository, record: &mut BackupRecord) -> Result<(), String> {
-        let dump_dir = repo
-            .dump_dir(&record.backup_id)
-            .ok_or_else(|| LOCAL_ONLY.to_owned())?;
+    /// Checksums what pg_dump wrote (or finishes storing what it streamed)
+    /// and records the dump DONE.
+    fn record_output(
+        &self,
+        repo: &Repository,
+        record: &mut BackupRecord,
+        output: &Output,
+        stream: Option<OutputStream>,
+    ) -> Result<(), String> {
         let output_name = record
             .dump
             .as_ref()
             .map(|d| d.output.clone())
             .unwrap_or_default();
-        let files = checksum_output(&dump_dir, &dump_dir.join(&output_name))
-            .map_err(|e| format!("could not read the dump pg_dump wrote: {e}"))?;
+        let files = match (output, stream) {
+            (Output::Local(path), _) => {
+                let dump_dir = path.parent().unwrap_or(path);
+                checksum_output(dump_dir, path)
+                    .map_err(|e| format!("could not read the dump pg_dump wrote: {e}"))?
+            }
+            (Output::Streamed(path), Some(stream)) => {
+                let stored = stream.finish(true, &output_name).map_err(|e| {
+                    format!(
+                        "could not store the dump in \"{}\": {e}",
+                        repo.path_of(path).display()
+                    )
+                })?;
+                stored.into_iter().collect()
+            }
+            (Output::Streamed(_), None) => return Err("the dump's output was not streamed".into()),
+        };
         let bytes: u64 = files.iter().map(|f| f.size).sum();
         record.files = files.len() as u64;
         record.bytes_read = bytes;
@@ -273,10 +349,14 @@ impl Agent {
         &self,
         repo: &Repository,
         record: &mut BackupRecord,
-        output: &Path,
+        output: &Output,
         exit_code: Option<i32>,
         message: &str,
     ) {
+        // A streamed output was abandoned, which removed it.
+        let Output::Local(output) = output else {
+            return self.record_error(repo, record, exit_code, message);
+        };
         let removed = if output.is_dir() {
             std::fs::remove_dir_all(output)
         } else {
@@ -290,6 +370,17 @@ impl Agent {
                 );
             }
         }
+        self.record_error(repo, record, exit_code, message);
+    }
+
+    /// Records the dump ERROR, with nothing stored.
+    fn record_error(
+        &self,
+        repo: &Repository,
+        record: &mut BackupRecord,
+        exit_code: Option<i32>,
+        message: &str,
+    ) {
         record.status = BackupStatus::Error;
         record.end_time_us = Some(now_us());
         record.files = 0;
@@ -345,6 +436,38 @@ fn environment() -> Vec<(OsString, OsString)> {
                 || key.starts_with("LC_")
         })
         .collect()
+}
+
+/// `<data directory>/base/pgsql_tmp/pgsql_tmp_pg_blockbackup_dump_<id>.log`:
+/// a place only the server's OS user writes, which no backup copies and a
+/// restart of the server empties.
+fn streamed_log(backup_id: &str) -> Option<PathBuf> {
+    let dir = data_directory().join(STREAMED_LOG_DIR);
+    std::fs::create_dir_all(&dir).ok()?;
+    let path = dir.join(format!("pgsql_tmp_pg_blockbackup_dump_{backup_id}.log"));
+    // A leftover of an earlier run of the same id is not this one's.
+    let _ = std::fs::remove_file(&path);
+    Some(path)
+}
+
+/// Stores a streamed dump's log beside it, then removes the local copy.
+fn store_log(repo: &Repository, backup_id: &str, log: &Path) {
+    let stored = std::fs::read(log)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            repo.storage()
+                .put(&repo.dump_log_path(backup_id), &bytes)
+                .map_err(|e| e.to_string())
+        });
+    match stored {
+        Ok(()) => {
+            let _ = std::fs::remove_file(log);
+        }
+        Err(error) => warning!(
+            "pg_blockbackup: pg_dump's log of dump \"{backup_id}\" stays in \"{}\": {error}",
+            log.display()
+        ),
+    }
 }
 
 fn tree_size(path: &Path) -> u64 {

@@ -16,7 +16,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::content_checksum::crc32c_of;
@@ -59,13 +59,15 @@ impl DumpExit {
 
 impl DumpProcess {
     /// Starts `program` with `arguments` and exactly the environment
-    /// `environment`, standard input and output on /dev/null and standard
-    /// error appended to `stderr_log`.
+    /// `environment`, standard input on /dev/null, standard output on
+    /// /dev/null or, with `pipe_output`, a pipe ([`DumpProcess::take_output`]),
+    /// and standard error appended to `stderr_log`.
     pub fn spawn(
         program: &Path,
         arguments: &[OsString],
         environment: &[(OsString, OsString)],
         stderr_log: &Path,
+        pipe_output: bool,
     ) -> io::Result<Self> {
         let log = File::options().create(true).append(true).open(stderr_log)?;
         let mut command = Command::new(program);
@@ -74,7 +76,11 @@ impl DumpProcess {
             .env_clear()
             .envs(environment.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(if pipe_output {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::from(log))
             .current_dir("/")
             .process_group(0);
@@ -90,6 +96,11 @@ impl DumpProcess {
         Ok(DumpProcess {
             child: command.spawn()?,
         })
+    }
+
+    /// The read end of the output pipe, once.
+    pub fn take_output(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
     }
 
     pub fn pid(&self) -> u32 {
@@ -221,6 +232,24 @@ mod tests {
     }
 
     #[test]
+    fn a_piped_output_is_read_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = script(dir.path(), "printf 'dump bytes'; echo oops >&2");
+        let log = dir.path().join("log");
+        let mut process = DumpProcess::spawn(&program, &[], &[], &log, true).unwrap();
+        let mut output = String::new();
+        process
+            .take_output()
+            .unwrap()
+            .read_to_string(&mut output)
+            .unwrap();
+        assert!(wait(&mut process).succeeded());
+        assert_eq!(output, "dump bytes");
+        assert_eq!(log_tail(&log, 100).unwrap(), "oops");
+        assert!(process.take_output().is_none());
+    }
+
+    #[test]
     fn exit_code_arguments_environment_and_stderr_are_seen() {
         let dir = tempfile::tempdir().unwrap();
         let program = script(
@@ -233,6 +262,7 @@ mod tests {
             &["a b".into(), "$(id)".into()],
             &[("ONLY_THIS".into(), "yes".into())],
             &log,
+            false,
         )
         .unwrap();
         let exit = wait(&mut process);
@@ -257,7 +287,8 @@ mod tests {
                 pid_file.display()
             ),
         );
-        let mut process = DumpProcess::spawn(&program, &[], &[], &dir.path().join("log")).unwrap();
+        let mut process =
+            DumpProcess::spawn(&program, &[], &[], &dir.path().join("log"), false).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while fs::read_to_string(&pid_file).map_or(true, |s| s.trim().is_empty()) {
             assert!(Instant::now() < deadline);

@@ -247,19 +247,22 @@ pub struct ConnectionTarget {
 }
 
 /// pg_dump's argv (without the program name) for `request`, writing to
-/// `output`.
+/// `output`, or to its standard output without one.
 pub fn pg_dump_arguments(
     request: &DumpRequest,
     target: &ConnectionTarget,
-    output: &Path,
+    output: Option<&Path>,
 ) -> Vec<OsString> {
-    let mut file = OsString::from("--file=");
-    file.push(output.as_os_str());
-    let mut argv = vec![
-        OsString::from(format!("--format={}", request.format.as_str())),
-        file,
-        OsString::from("--no-password"),
-    ];
+    let mut argv = vec![OsString::from(format!(
+        "--format={}",
+        request.format.as_str()
+    ))];
+    if let Some(output) = output {
+        let mut file = OsString::from("--file=");
+        file.push(output.as_os_str());
+        argv.push(file);
+    }
+    argv.push(OsString::from("--no-password"));
     if request.jobs > 1 {
         argv.push(OsString::from(format!("--jobs={}", request.jobs)));
     }
@@ -619,7 +622,12 @@ mod tests {
             role: "postgres".into(),
             application_name: "a".into(),
         };
-        let argv = pg_dump_arguments(&request, &target, Path::new("/repo/b/dump/dump.d"));
+        let argv = pg_dump_arguments(&request, &target, Some(Path::new("/repo/b/dump/dump.d")));
+        let streamed = pg_dump_arguments(&request, &target, None);
+        assert!(!streamed
+            .iter()
+            .any(|arg| arg.to_string_lossy().starts_with("--file")));
+        assert_eq!(streamed.len() + 1, argv.len());
         let argv: Vec<String> = argv.into_iter().map(|a| a.into_string().unwrap()).collect();
         assert_eq!(argv[0], "--format=directory");
         assert_eq!(argv[1], "--file=/repo/b/dump/dump.d");

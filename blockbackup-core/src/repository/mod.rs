@@ -431,8 +431,12 @@ impl Repository {
 
     /// Where a dump's pg_dump standard error goes on this host.
     pub fn dump_log(&self, id: &str) -> Option<PathBuf> {
-        self.storage
-            .local_path(&join(&self.backup_prefix(id), DUMP_LOG_NAME))
+        self.storage.local_path(&self.dump_log_path(id))
+    }
+
+    /// The store's path of a dump's pg_dump standard error.
+    pub fn dump_log_path(&self, id: &str) -> String {
+        join(&self.backup_prefix(id), DUMP_LOG_NAME)
     }
 
     fn record_path(&self, id: &str) -> String {
