@@ -1,4 +1,5 @@
-//! One S3 request at a time, done right: signed (SigV4, by `rusty-s3`, as
+//! One S3 request at a time, done right (the requests themselves are in
+//! `operations`): signed (SigV4, by `rusty-s3`, as
 //! a presigned URL with an unsigned payload, signed anew for each try),
 //! sent by `ureq` over rustls with bounded timeouts, retried with
 //! exponential backoff and jitter on what a retry can cure (no answer, a
@@ -6,12 +7,11 @@
 //! into an [`S3Error`] that names the request and the object and never
 //! the URL (a presigned URL is a credential for an hour) nor a secret.
 
-use std::io::{self, Read};
+use std::io;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusty_s3::actions::{ListObjectsV2, ObjectIdentifier};
-use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use rusty_s3::{Bucket, Credentials, UrlStyle};
 use ureq::http::Response;
 use ureq::tls::{PemItem, RootCerts, TlsConfig, TlsProvider};
 use ureq::{Agent, Body};
@@ -22,14 +22,14 @@ use super::error::{S3Error, S3Failure};
 use super::xml;
 
 /// How long a signed request stays valid: long enough for a slow part.
-const SIGNED_FOR: Duration = Duration::from_secs(3600);
+pub(super) const SIGNED_FOR: Duration = Duration::from_secs(3600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// No progress for this long on a read or a write ends the try.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// An error answer is read up to this size.
-const ERROR_BODY_LIMIT: u64 = 64 * 1024;
+pub(super) const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 /// A listing page is read up to this size (1000 keys of 1 KiB).
-const LISTING_LIMIT: u64 = 16 << 20;
+pub(super) const LISTING_LIMIT: u64 = 16 << 20;
 
 /// How often and how patiently a request is retried.
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +76,7 @@ pub struct Listed {
 }
 
 #[derive(Clone, Copy)]
-enum Verb {
+pub(super) enum Verb {
     Get,
     Head,
     Put,
@@ -85,7 +85,7 @@ enum Verb {
 }
 
 /// What one try gave when it did not succeed.
-enum Failure {
+pub(super) enum Failure {
     Retry(S3Error),
     Fatal(S3Error),
 }
@@ -93,8 +93,8 @@ enum Failure {
 #[derive(Debug)]
 pub struct Client {
     agent: Agent,
-    bucket: Bucket,
-    credentials: Credentials,
+    pub(super) bucket: Bucket,
+    pub(super) credentials: Credentials,
     settings: S3Settings,
     retry: RetryPolicy,
 }
@@ -152,7 +152,13 @@ impl Client {
         format!("s3://{}/{key}", self.bucket.name())
     }
 
-    fn error(&self, failure: S3Failure, what: &'static str, key: &str, detail: &str) -> S3Error {
+    pub(super) fn error(
+        &self,
+        failure: S3Failure,
+        what: &'static str,
+        key: &str,
+        detail: &str,
+    ) -> S3Error {
         S3Error {
             failure,
             what,
@@ -163,7 +169,10 @@ impl Client {
 
     /// Runs `attempt` until it succeeds, fails for good or runs out of
     /// tries; the last failure says how many there were.
-    fn retried<T>(&self, mut attempt: impl FnMut() -> Result<T, Failure>) -> io::Result<T> {
+    pub(super) fn retried<T>(
+        &self,
+        mut attempt: impl FnMut() -> Result<T, Failure>,
+    ) -> io::Result<T> {
         let mut n = 1;
         loop {
             match attempt() {
@@ -182,7 +191,7 @@ impl Client {
     }
 
     /// Sends one signed request; a 2xx answer is the result.
-    fn send(
+    pub(super) fn send(
         &self,
         verb: Verb,
         what: &'static str,
@@ -302,11 +311,11 @@ impl Client {
         }
     }
 
-    fn bad_answer(&self, what: &'static str, key: &str, detail: &str) -> Failure {
+    pub(super) fn bad_answer(&self, what: &'static str, key: &str, detail: &str) -> Failure {
         Failure::Fatal(self.error(S3Failure::BadAnswer, what, key, detail))
     }
 
-    fn read_body(
+    pub(super) fn read_body(
         &self,
         what: &'static str,
         key: &str,
@@ -319,334 +328,6 @@ impl Client {
             .limit(limit)
             .read_to_string()
             .map_err(|error| self.transport_failure(what, key, &error))
-    }
-
-    pub fn put(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
-        self.retried(|| {
-            let url = self
-                .bucket
-                .put_object(Some(&self.credentials), key)
-                .sign(SIGNED_FOR);
-            self.send(Verb::Put, "PUT", key, &url, &[], Some(bytes))
-                .map(drop)
-        })
-    }
-
-    /// The object's bytes as they arrive; NotFound when it is absent.
-    pub fn get(&self, key: &str) -> io::Result<Box<dyn Read + Send>> {
-        let response = self.retried(|| {
-            let url = self
-                .bucket
-                .get_object(Some(&self.credentials), key)
-                .sign(SIGNED_FOR);
-            self.send(Verb::Get, "GET", key, &url, &[], None)
-        })?;
-        Ok(Box::new(response.into_body().into_reader()))
-    }
-
-    /// The object's size, None when it is absent.
-    pub fn head(&self, key: &str) -> io::Result<Option<u64>> {
-        let answer = self.retried(|| {
-            let url = self
-                .bucket
-                .head_object(Some(&self.credentials), key)
-                .sign(SIGNED_FOR);
-            match self.send(Verb::Head, "HEAD", key, &url, &[], None) {
-                Ok(response) => Ok(Some(response)),
-                Err(Failure::Fatal(error)) if error.failure == S3Failure::NoSuchKey => Ok(None),
-                Err(failure) => Err(failure),
-            }
-        })?;
-        let Some(response) = answer else {
-            return Ok(None);
-        };
-        let size = response
-            .headers()
-            .get("content-length")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok());
-        match size {
-            Some(size) => Ok(Some(size)),
-            None => Err(self
-                .error(
-                    S3Failure::BadAnswer,
-                    "HEAD",
-                    key,
-                    "no Content-Length in the answer",
-                )
-                .into_io()),
-        }
-    }
-
-    pub fn delete(&self, key: &str) -> io::Result<()> {
-        self.retried(|| {
-            let url = self
-                .bucket
-                .delete_object(Some(&self.credentials), key)
-                .sign(SIGNED_FOR);
-            match self.send(Verb::Delete, "DELETE", key, &url, &[], None) {
-                Err(Failure::Fatal(error)) if error.failure == S3Failure::NoSuchKey => Ok(()),
-                other => other.map(drop),
-            }
-        })
-    }
-
-    /// Deletes `keys`, a thousand per request.
-    pub fn delete_many(&self, keys: &[String]) -> io::Result<()> {
-        for batch in keys.chunks(1000) {
-            let objects: Vec<ObjectIdentifier> = batch
-                .iter()
-                .map(|key| ObjectIdentifier::new(key.clone()))
-                .collect();
-            let first = batch.first().map_or("", String::as_str);
-            self.retried(|| {
-                let mut action = self
-                    .bucket
-                    .delete_objects(Some(&self.credentials), objects.iter());
-                action.set_quiet(true);
-                let url = action.sign(SIGNED_FOR);
-                let (body, md5) = action.body_with_md5();
-                let mut response = self.send(
-                    Verb::Post,
-                    "DeleteObjects",
-                    first,
-                    &url,
-                    &[("content-md5", &md5)],
-                    Some(body.as_bytes()),
-                )?;
-                let answer =
-                    self.read_body("DeleteObjects", first, &mut response, LISTING_LIMIT)?;
-                // Quiet: only the objects that could not be deleted are named.
-                let errors = xml::all_text(&answer, "Error");
-                match errors.first() {
-                    None => Ok(()),
-                    Some(error) => {
-                        let key = xml::text(&format!("<x>{error}</x>"), "Key").unwrap_or_default();
-                        let detail = format!(
-                            "{} of {} objects not deleted, the first with {}",
-                            errors.len(),
-                            batch.len(),
-                            xml::error_code(error).unwrap_or_else(|| "an error".into())
-                        );
-                        Err(Failure::Fatal(self.error(
-                            S3Failure::Refused,
-                            "DeleteObjects",
-                            &key,
-                            &detail,
-                        )))
-                    }
-                }
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Every object under `prefix` (and, with `delimiter`, the common
-    /// prefixes directly under it), all pages.
-    pub fn list(
-        &self,
-        prefix: &str,
-        delimiter: bool,
-        max_keys: Option<usize>,
-    ) -> io::Result<(Vec<Listed>, Vec<String>)> {
-        let (mut objects, mut prefixes) = (Vec::new(), Vec::new());
-        let mut token: Option<String> = None;
-        loop {
-            let page = self.retried(|| {
-                let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
-                action.with_prefix(prefix);
-                if delimiter {
-                    action.with_delimiter("/");
-                }
-                if let Some(max_keys) = max_keys {
-                    action.with_max_keys(max_keys);
-                }
-                if let Some(token) = &token {
-                    action.with_continuation_token(token.as_str());
-                }
-                let url = action.sign(SIGNED_FOR);
-                let mut response = self.send(Verb::Get, "LIST", prefix, &url, &[], None)?;
-                let text = self.read_body("LIST", prefix, &mut response, LISTING_LIMIT)?;
-                ListObjectsV2::parse_response(&text).map_err(|error| {
-                    self.bad_answer(
-                        "LIST",
-                        prefix,
-                        &format!("the listing could not be parsed: {error}"),
-                    )
-                })
-            })?;
-            for content in page.contents {
-                let modified_us = content
-                    .last_modified
-                    .as_deref()
-                    .and_then(|text| text.parse::<jiff::Timestamp>().ok())
-                    .map(|time| time.as_microsecond());
-                objects.push(Listed {
-                    key: content.key,
-                    size: content.size.unwrap_or(0),
-                    modified_us,
-                });
-            }
-            prefixes.extend(page.common_prefixes.into_iter().map(|p| p.prefix));
-            match page.next_continuation_token {
-                Some(next) if max_keys.is_none() && Some(&next) != token.as_ref() => {
-                    token = Some(next)
-                }
-                _ => return Ok((objects, prefixes)),
-            }
-        }
-    }
-
-    pub fn create_multipart(&self, key: &str) -> io::Result<String> {
-        self.retried(|| {
-            let url = self
-                .bucket
-                .create_multipart_upload(Some(&self.credentials), key)
-                .sign(SIGNED_FOR);
-            let mut response = self.send(
-                Verb::Post,
-                "CreateMultipartUpload",
-                key,
-                &url,
-                &[],
-                Some(&[]),
-            )?;
-            let text = self.read_body(
-                "CreateMultipartUpload",
-                key,
-                &mut response,
-                ERROR_BODY_LIMIT,
-            )?;
-            xml::text(&text, "UploadId")
-                .filter(|id| !id.is_empty())
-                .ok_or_else(|| {
-                    self.bad_answer("CreateMultipartUpload", key, "no UploadId in the answer")
-                })
-        })
-    }
-
-    /// Uploads part `number` (from 1); its ETag.
-    pub fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: u16,
-        bytes: &[u8],
-    ) -> io::Result<String> {
-        self.retried(|| {
-            let url = self
-                .bucket
-                .upload_part(Some(&self.credentials), key, number, upload_id)
-                .sign(SIGNED_FOR);
-            let response = self.send(Verb::Put, "UploadPart", key, &url, &[], Some(bytes))?;
-            response
-                .headers()
-                .get("etag")
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned)
-                .ok_or_else(|| self.bad_answer("UploadPart", key, "no ETag in the answer"))
-        })
-    }
-
-    pub fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        etags: &[String],
-    ) -> io::Result<()> {
-        self.retried(|| {
-            let action = self.bucket.complete_multipart_upload(
-                Some(&self.credentials),
-                key,
-                upload_id,
-                etags.iter().map(String::as_str),
-            );
-            let url = action.sign(SIGNED_FOR);
-            let body = action.body();
-            let mut response = self.send(
-                Verb::Post,
-                "CompleteMultipartUpload",
-                key,
-                &url,
-                &[],
-                Some(body.as_bytes()),
-            )?;
-            let text = self.read_body(
-                "CompleteMultipartUpload",
-                key,
-                &mut response,
-                ERROR_BODY_LIMIT,
-            )?;
-            // A 200 answer can still carry an error, found late.
-            match xml::error_code(&text) {
-                None if text.contains("<Error>") => {
-                    Err(self.bad_answer("CompleteMultipartUpload", key, "an error without a code"))
-                }
-                None => Ok(()),
-                Some(code) => {
-                    let error = self.error(
-                        S3Failure::Refused,
-                        "CompleteMultipartUpload",
-                        key,
-                        &format!("the store answered {code}"),
-                    );
-                    if matches!(code.as_str(), "InternalError" | "SlowDown") {
-                        Err(Failure::Retry(error))
-                    } else {
-                        Err(Failure::Fatal(error))
-                    }
-                }
-            }
-        })
-    }
-
-    /// The multipart uploads under way under `prefix`, (key, upload id),
-    /// at most a thousand. rusty-s3 has no action for ListMultipartUploads:
-    /// it is the bucket-level GET of ListObjectsV2 with another query.
-    pub fn list_uploads(&self, prefix: &str) -> io::Result<(Vec<(String, String)>, bool)> {
-        self.retried(|| {
-            let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
-            let query = action.query_mut();
-            query.remove("list-type");
-            query.remove("encoding-type");
-            query.insert("uploads", "");
-            query.insert("prefix", prefix);
-            let url = action.sign(SIGNED_FOR);
-            let mut response =
-                match self.send(Verb::Get, "ListMultipartUploads", prefix, &url, &[], None) {
-                    Ok(response) => response,
-                    // What rclone answers when there is none.
-                    Err(Failure::Fatal(error)) if error.failure == S3Failure::NoSuchKey => {
-                        return Ok((Vec::new(), false))
-                    }
-                    Err(failure) => return Err(failure),
-                };
-            let text =
-                self.read_body("ListMultipartUploads", prefix, &mut response, LISTING_LIMIT)?;
-            let uploads = xml::all_text(&text, "Upload")
-                .into_iter()
-                .filter_map(|upload| {
-                    let upload = format!("<Upload>{upload}</Upload>");
-                    Some((xml::text(&upload, "Key")?, xml::text(&upload, "UploadId")?))
-                })
-                .collect();
-            let truncated = xml::text(&text, "IsTruncated").as_deref() == Some("true");
-            Ok((uploads, truncated))
-        })
-    }
-
-    pub fn abort_multipart(&self, key: &str, upload_id: &str) -> io::Result<()> {
-        self.retried(|| {
-            let url = self
-                .bucket
-                .abort_multipart_upload(Some(&self.credentials), key, upload_id)
-                .sign(SIGNED_FOR);
-            match self.send(Verb::Delete, "AbortMultipartUpload", key, &url, &[], None) {
-                // Already gone: what aborting wants.
-                Err(Failure::Fatal(error)) if error.failure == S3Failure::NoSuchKey => Ok(()),
-                other => other.map(drop),
-            }
-        })
     }
 }
 

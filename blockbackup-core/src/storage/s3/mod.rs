@@ -34,6 +34,7 @@ use crate::safe_path::safe_relative_path;
 pub mod client;
 pub mod config;
 pub mod error;
+mod operations;
 mod upload;
 mod xml;
 
