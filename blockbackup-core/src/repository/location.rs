@@ -63,7 +63,10 @@ impl RepositoryLocation {
                     })?;
                 Ok((
                     Arc::new(storage),
-                    Locks::in_directory(&remote_lock_dir(location, settings)),
+                    Locks::in_directory(
+                        &remote_lock_dir(location, settings)
+                            .map_err(|(path, source)| RepositoryError::Io { path, source })?,
+                    ),
                 ))
             }
         }
@@ -80,8 +83,14 @@ impl fmt::Display for RepositoryLocation {
 }
 
 /// `<tmp>/pg_blockbackup-<uid>/<bucket>-<prefix>-<hash>`: one directory
-/// per repository, the hash telling apart endpoints and odd names.
-fn remote_lock_dir(location: &S3Location, settings: &S3Settings) -> PathBuf {
+/// per repository, the hash telling apart endpoints and odd names. The
+/// temporary directory is everyone's, so the first level must be this
+/// user's own, private directory (not a link someone else put there to
+/// have our lock files made elsewhere).
+fn remote_lock_dir(
+    location: &S3Location,
+    settings: &S3Settings,
+) -> Result<PathBuf, (PathBuf, std::io::Error)> {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     let endpoint = settings
@@ -100,12 +109,30 @@ fn remote_lock_dir(location: &S3Location, settings: &S3Settings) -> PathBuf {
         })
         .take(80)
         .collect();
-    std::env::temp_dir()
-        .join(format!("pg_blockbackup-{uid}"))
-        .join(format!(
-            "{readable}-{:08x}",
-            crc32c::crc32c(identity.as_bytes())
-        ))
+    let private = std::env::temp_dir().join(format!("pg_blockbackup-{uid}"));
+    private_directory(&private, uid).map_err(|error| (private.clone(), error))?;
+    Ok(private.join(format!(
+        "{readable}-{:08x}",
+        crc32c::crc32c(identity.as_bytes())
+    )))
+}
+
+/// Makes `path` a directory of mode 0700, or checks that it is one:
+/// a directory (not a link), owned by `uid`, that no one else can enter.
+fn private_directory(path: &Path, uid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => return Err(error),
+        _ => {}
+    }
+    let metadata = std::fs::symlink_metadata(path)?;
+    if !metadata.is_dir() || metadata.uid() != uid || metadata.mode() & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the lock directory is not a directory of this user alone (mode 0700); remove it",
+        ));
+    }
+    Ok(())
 }
 
 impl Repository {
@@ -153,5 +180,29 @@ impl Repository {
     /// The directory of a local repository; None for one in a bucket.
     pub fn local_root(&self) -> Option<&Path> {
         self.location.local()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_private_lock_directory_is_made_and_checked() {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let scratch = tempfile::tempdir().unwrap();
+        let made = scratch.path().join("mine");
+        private_directory(&made, uid).unwrap();
+        private_directory(&made, uid).unwrap();
+        let link = scratch.path().join("link");
+        std::os::unix::fs::symlink(&made, &link).unwrap();
+        assert!(private_directory(&link, uid).is_err());
+        let open = scratch.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        assert!(private_directory(&open, uid).is_err());
+        assert!(private_directory(&made, uid + 1).is_err());
     }
 }
