@@ -471,8 +471,12 @@ def test_check_reports_health():
         assert rows["newest incremental backup"] == ("WARNING", "none"), rows
         assert rows["failed backups"] == ("OK", "none"), rows
         time.sleep(1.1)
-        old = {r[0]: r[1] for r in c.sql(
-            "SELECT \"check\", status FROM blockbackup.check(max_full_age => '1 second')")}
+        # A check right after a check: nothing was written in between, and
+        # the switch must still end a segment that gets archived.
+        old = {r[0]: (r[1], r[2]) for r in c.sql(
+            "SELECT \"check\", status, detail FROM blockbackup.check(max_full_age => '1 second')")}
+        assert old["archiving"][0] == "OK", old
+        old = {k: v[0] for k, v in old.items()}
         assert old["newest full backup"] == "WARNING", old
         bk.expect_sqlstate(c, "SELECT * FROM blockbackup.check(timeout_ms => -1)", "22023")
         bk.expect_sqlstate(c, "SELECT * FROM blockbackup.check(max_full_age => '-1 day')", "22023")

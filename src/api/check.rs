@@ -167,10 +167,20 @@ fn archiving(repository: Option<&Repository>, timeout_ms: i32) -> Finding {
             ),
         };
     }
+    // A record first, so that the switch always ends a segment: with no WAL
+    // since the last switch, pg_switch_wal() switches nothing and returns a
+    // position in the segment being written (on 18 past its page header),
+    // which would then be waited for in vain.
     let segment = read_only_sql::one::<String>(
-        "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())",
+        "SELECT pg_catalog.pg_logical_emit_message(false, 'pg_blockbackup', 'check')::text",
         &[],
-    );
+    )
+    .and_then(|_| {
+        read_only_sql::one::<String>(
+            "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())",
+            &[],
+        )
+    });
     let segment = match segment {
         Ok(Some(segment)) => segment,
         Ok(None) | Err(_) => {
