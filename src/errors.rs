@@ -11,7 +11,12 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-fn raise(code: PgSqlErrorCode, message: String, detail: Option<String>, hint: Option<&str>) -> ! {
+pub(crate) fn raise(
+    code: PgSqlErrorCode,
+    message: String,
+    detail: Option<String>,
+    hint: Option<&str>,
+) -> ! {
     let mut report = ErrorReport::new(code, message, "pg_blockbackup");
     if let Some(detail) = detail {
         report = report.set_detail(detail);

@@ -11,6 +11,7 @@ mod agent;
 mod api;
 mod archive;
 mod backup;
+mod cluster;
 mod errors;
 mod read_only_sql;
 mod replication_slot;

@@ -17,3 +17,14 @@ pub fn tablespace_version_directory() -> String {
         pg_sys::CATALOG_VERSION_NO
     )
 }
+
+/// A client program of this server's own version (pg_dump, psql): the one
+/// next to postgres.
+pub fn client_program(name: &str) -> PathBuf {
+    let server = unsafe { std::ffi::CStr::from_ptr((&raw const pg_sys::my_exec_path).cast()) };
+    let server = PathBuf::from(server.to_string_lossy().into_owned());
+    server
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .join(name)
+}

@@ -22,6 +22,7 @@
 
 pub mod backup;
 pub mod civil_time;
+pub mod cluster;
 pub mod compress;
 pub mod content_checksum;
 pub mod dump;

@@ -2,7 +2,7 @@
 //! worker, and wait for it.
 
 use std::ffi::CStr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use blockbackup_core::dump::request::{DumpFormat, DumpRequest};
@@ -234,7 +234,7 @@ fn check_database(database: &str) {
     }
 }
 
-fn session_role() -> String {
+pub(crate) fn session_role() -> String {
     unsafe {
         let name = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), false);
         CStr::from_ptr(name).to_string_lossy().into_owned()
@@ -243,7 +243,7 @@ fn session_role() -> String {
 
 /// The first directory of `unix_socket_directories`: the agent always
 /// connects over the local socket.
-fn socket_directory() -> String {
+pub(crate) fn socket_directory() -> String {
     let setting = unsafe {
         let raw = pg_sys::Unix_socket_directories;
         if raw.is_null() {
@@ -262,9 +262,7 @@ fn socket_directory() -> String {
 /// pg_dump from the server's own bin directory, so that its version
 /// matches the server.
 fn pg_dump_program() -> PathBuf {
-    let server = unsafe { CStr::from_ptr((&raw const pg_sys::my_exec_path).cast()) };
-    let server = PathBuf::from(server.to_string_lossy().into_owned());
-    let program = server.parent().unwrap_or(Path::new("/")).join("pg_dump");
+    let program = crate::server_paths::client_program("pg_dump");
     if !program.is_file() {
         errors::pg_dump_missing(&program);
     }

@@ -8,6 +8,8 @@ mod backups;
 #[allow(clippy::type_complexity)]
 mod check;
 #[allow(clippy::type_complexity)]
+mod cluster;
+#[allow(clippy::type_complexity)]
 mod dump_agents;
 #[allow(clippy::type_complexity)]
 mod summaries;

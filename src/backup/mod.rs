@@ -12,6 +12,7 @@ pub mod progress;
 pub mod repository_access;
 pub mod restore;
 pub mod restore_point;
+mod restore_point_search;
 pub mod session_backup;
 pub mod take;
 mod wal_copy;

@@ -12,6 +12,10 @@
 //! switches WAL segment so that a record starts right after the restore
 //! point in what is stored. Each segment replaces the stored one at once
 //! (the store's atomic replace), and the catalog is updated last.
+//!
+//! `attach` does the same for a restore point another program already
+//! wrote (a Citus cluster backup's), found by name in the WAL after the
+//! backup's stop.
 
 use std::ops::ControlFlow;
 
@@ -20,8 +24,9 @@ use blockbackup_core::civil_time::unix_now_us as now_us;
 use blockbackup_core::repository::catalog::{
     BackupMode, BackupRecord, RestorePoint, MAX_RESTORE_POINT_NAME_BYTES,
 };
-use blockbackup_core::repository::validate_backup_id;
-use blockbackup_core::Lsn;
+use blockbackup_core::repository::locks::RepositoryLock;
+use blockbackup_core::repository::{validate_backup_id, Repository};
+use blockbackup_core::{Lsn, TimelineSpan};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -38,7 +43,35 @@ pub struct CreatedRestorePoint {
     pub wal_segments: usize,
 }
 
+/// The backup a restore point is being added to, checked and locked.
+struct Target {
+    repo: Repository,
+    _lock: RepositoryLock,
+    record: BackupRecord,
+    history: Vec<TimelineSpan>,
+    tli: u32,
+}
+
 pub fn create(name: &str, backup_id: Option<&str>) -> CreatedRestorePoint {
+    let target = prepare(name, backup_id);
+    let (lsn, switch_end) = create_server_restore_point(name);
+    store(target, name, lsn, switch_end)
+}
+
+/// Attaches to backup `backup_id` the restore point named `name` that
+/// another program already wrote into this server's WAL after the backup
+/// stopped (a Citus cluster backup's `citus_create_restore_point`), as
+/// `create` would have: its WAL is stored in the backup and the catalog
+/// names it.
+pub fn attach(name: &str, backup_id: &str) -> CreatedRestorePoint {
+    let target = prepare(name, Some(backup_id));
+    let stop = target.record.stop_lsn.unwrap_or(target.record.start_lsn);
+    let lsn = super::restore_point_search::find_after(name, stop);
+    let switch_end = switch_after(lsn);
+    store(target, name, lsn, switch_end)
+}
+
+fn prepare(name: &str, backup_id: Option<&str>) -> Target {
     check_name(name);
     if unsafe { pg_sys::RecoveryInProgress() } {
         errors::restore_point_in_recovery();
@@ -48,7 +81,7 @@ pub fn create(name: &str, backup_id: Option<&str>) -> CreatedRestorePoint {
     repository_access::mark_interrupted(&repo, &lock);
     let tli = timeline::current_timeline();
     let history = timeline::history_of(tli);
-    let mut record = match backup_id {
+    let record = match backup_id {
         Some(id) => {
             validate_backup_id(id).unwrap_or_else(|e| errors::repository(e));
             repo.read_record(id)
@@ -58,8 +91,25 @@ pub fn create(name: &str, backup_id: Option<&str>) -> CreatedRestorePoint {
             .unwrap_or_else(|| errors::no_backup_for_restore_point()),
     };
     check_backup(&record, tli, name);
+    Target {
+        repo,
+        _lock: lock,
+        record,
+        history,
+        tli,
+    }
+}
 
-    let (lsn, switch_end) = create_server_restore_point(name);
+/// Stores the WAL from the backup's stop through the segment `switch_end`
+/// ends, then names the restore point in the catalog.
+fn store(target: Target, name: &str, lsn: Lsn, switch_end: Lsn) -> CreatedRestorePoint {
+    let Target {
+        repo,
+        _lock,
+        mut record,
+        history,
+        tli,
+    } = target;
     let stop = record.stop_lsn.unwrap_or(record.start_lsn);
     // Through the segment the switch after the restore point ends in.
     let last = Lsn(switch_end.0.saturating_sub(1));
@@ -187,10 +237,14 @@ fn create_server_restore_point(name: &str) -> (Lsn, Lsn) {
         Ok(None) => error!("pg_blockbackup: pg_create_restore_point returned no LSN"),
         Err(e) => error!("pg_blockbackup: pg_create_restore_point failed: {e}"),
     };
-    let switch_end = unsafe {
+    (lsn, switch_after(lsn))
+}
+
+/// A switch to a new WAL segment after `lsn`, flushed: returns its end.
+fn switch_after(lsn: Lsn) -> Lsn {
+    unsafe {
         let end = pg_sys::RequestXLogSwitch(false);
         pg_sys::XLogFlush(end.max(lsn.0));
-        end.max(lsn.0)
-    };
-    (lsn, Lsn(switch_end))
+        Lsn(end.max(lsn.0))
+    }
 }

@@ -19,7 +19,7 @@ mod record_summary;
 mod run;
 mod slot;
 mod start_point;
-mod wal_reader;
+pub(crate) mod wal_reader;
 
 use std::time::Duration;
 

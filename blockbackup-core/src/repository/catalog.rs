@@ -310,7 +310,7 @@ mod lsn_text {
     }
 }
 
-mod opt_lsn_text {
+pub(crate) mod opt_lsn_text {
     use super::Lsn;
     use serde::{Deserialize, Deserializer, Serializer};
 

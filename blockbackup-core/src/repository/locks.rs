@@ -12,6 +12,9 @@
 //!   name);
 //! * a dump's running lock, taken before its record is visible and held
 //!   while pg_dump runs (a RUNNING dump whose lock is free was cut off);
+//! * the cluster lock, held by a cluster backup (Citus) on its
+//!   coordinator for its whole run (so a RUNNING set found while it is
+//!   free was cut off);
 //! * a backup's reading lock, shared by the restores reading it; a
 //!   deletion takes it exclusively, without waiting, and so refuses a
 //!   backup that is being restored.
@@ -25,6 +28,7 @@ use super::{validate_backup_id, Repository, RepositoryError};
 
 const REPOSITORY_LOCK: &str = "repository.lock";
 const CREATE_LOCK: &str = "create.lock";
+const CLUSTER_LOCK: &str = "cluster.lock";
 
 /// Where a repository's lock files are.
 #[derive(Clone, Debug)]
@@ -36,6 +40,12 @@ pub struct Locks {
 /// (or the process dying) releases the lock.
 #[derive(Debug)]
 pub struct RepositoryLock {
+    _file: File,
+}
+
+/// Held by a cluster backup for its whole run.
+#[derive(Debug)]
+pub struct ClusterLock {
     _file: File,
 }
 
@@ -146,6 +156,20 @@ impl Repository {
             }),
             Err(fs::TryLockError::Error(error)) => {
                 Err(io_error(self.locks.dir.join(REPOSITORY_LOCK))(error))
+            }
+        }
+    }
+
+    /// Takes the cluster lock without waiting: one cluster backup at a time.
+    pub fn cluster_lock(&self) -> Result<ClusterLock, RepositoryError> {
+        let file = self.locks.file(CLUSTER_LOCK)?;
+        match file.try_lock() {
+            Ok(()) => Ok(ClusterLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(RepositoryError::Busy {
+                path: self.locks.dir.join(CLUSTER_LOCK),
+            }),
+            Err(fs::TryLockError::Error(error)) => {
+                Err(io_error(self.locks.dir.join(CLUSTER_LOCK))(error))
             }
         }
     }

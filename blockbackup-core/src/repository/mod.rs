@@ -59,6 +59,7 @@ use crate::storage::{join, Storage};
 
 pub mod catalog;
 pub mod chain;
+pub mod cluster_sets;
 pub mod location;
 pub mod locks;
 pub mod retention;

@@ -1,0 +1,337 @@
+//! One node's `psql`, run by the coordinator's session: started with an
+//! argument vector (never a shell string) and exactly the environment it
+//! is given, connecting by a connection string built here with every value
+//! quoted, its standard output and error each read by a thread of its own
+//! (so that neither pipe fills while the session waits), and polled by the
+//! session between waits on its latch.
+//!
+//! Cancelling sends SIGINT, on which psql asks the node to cancel the
+//! statement and exits once the node has answered, so the node's own
+//! pg_blockbackup ends its backup in ERROR as for any cancel. The same
+//! signal is psql's parent-death signal: a session that dies outright
+//! still has its nodes' statements cancelled. A command dropped before it
+//! ended is cancelled, given a grace period, then killed, and always
+//! reaped.
+
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Where a node is and as whom to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeTarget {
+    /// A host name, an address, or a Unix socket directory.
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+}
+
+/// How a node's psql ended, with what it printed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeOutput {
+    /// The exit code; None when a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl NodeOutput {
+    pub fn succeeded(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// What went wrong, in one line for a row or a message: the node's
+    /// first ERROR or FATAL line, or psql's own error (it could not
+    /// connect), or else the last line printed.
+    pub fn failure(&self) -> String {
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect();
+        let error = lines
+            .iter()
+            .find_map(|line| {
+                // "psql:<stdin>:1: ERROR:  ...", "FATAL:  ...", "psql: error: ..."
+                let line = line.strip_prefix("psql: ").unwrap_or(line);
+                ["ERROR:  ", "FATAL:  ", "error: "]
+                    .iter()
+                    .find_map(|marker| {
+                        line.strip_prefix(marker).or_else(|| {
+                            line.split_once(&format!(": {marker}"))
+                                .map(|(_, rest)| rest)
+                        })
+                    })
+            })
+            .or(lines.last().copied());
+        match (error, self.code) {
+            (Some(line), _) => line.to_owned(),
+            (None, Some(code)) => format!("psql ended with exit code {code} and printed nothing"),
+            (None, None) => "psql was killed by a signal".to_owned(),
+        }
+    }
+}
+
+/// A libpq connection string for `target` running as `application_name`,
+/// every value quoted (a database name with `=` or a space is not taken
+/// for options).
+pub fn conninfo(target: &NodeTarget, application_name: &str, connect_timeout_s: u32) -> String {
+    fn value(text: &str) -> String {
+        format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+    format!(
+        "host={} port={} dbname={} user={} application_name={} connect_timeout={connect_timeout_s}",
+        value(&target.host),
+        target.port,
+        value(&target.database),
+        value(&target.user),
+        value(application_name),
+    )
+}
+
+/// psql's arguments: no psqlrc, unaligned tuples only, stop at the first
+/// error, one command.
+pub fn psql_arguments(conninfo: &str, query: &str) -> Vec<OsString> {
+    [
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        conninfo,
+        "-c",
+        query,
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect()
+}
+
+pub struct NodeCommand {
+    child: Child,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    reaped: bool,
+    cancelled: bool,
+}
+
+impl NodeCommand {
+    pub fn spawn(
+        psql: &Path,
+        arguments: &[OsString],
+        environment: &[(OsString, OsString)],
+    ) -> io::Result<Self> {
+        let mut command = Command::new(psql);
+        command
+            .args(arguments)
+            .env_clear()
+            .envs(environment.iter().map(|(key, value)| (key, value)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .current_dir("/")
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take().map(read_all);
+        let stderr = child.stderr.take().map(read_all);
+        Ok(NodeCommand {
+            child,
+            stdout,
+            stderr,
+            reaped: false,
+            cancelled: false,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How it ended, once it has.
+    pub fn poll(&mut self) -> io::Result<Option<NodeOutput>> {
+        match self.child.try_wait()? {
+            Some(status) => {
+                self.reaped = true;
+                Ok(Some(NodeOutput {
+                    code: status.code(),
+                    stdout: joined(self.stdout.take()),
+                    stderr: joined(self.stderr.take()),
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Asks psql to cancel its statement on the node (once).
+    pub fn cancel(&mut self) {
+        if self.reaped || self.cancelled {
+            return;
+        }
+        self.cancelled = true;
+        self.signal(libc::SIGINT);
+    }
+
+    fn signal(&self, signal: i32) {
+        let Ok(pid) = i32::try_from(self.child.id()) else {
+            return;
+        };
+        // SAFETY: a plain syscall on our own unreaped child.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
+    /// Cancels, waits up to `grace` for psql to end, then kills it; returns
+    /// once it is reaped.
+    pub fn stop(&mut self, grace: Duration) -> Option<NodeOutput> {
+        self.cancel();
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.poll() {
+                Ok(Some(output)) => return Some(output),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+        self.reaped = true;
+        None
+    }
+}
+
+impl Drop for NodeCommand {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.stop(Duration::from_secs(10));
+        }
+    }
+}
+
+fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+fn joined(handle: Option<JoinHandle<Vec<u8>>>) -> String {
+    let bytes = handle.and_then(|h| h.join().ok()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> NodeCommand {
+        // The tests stand a shell in for psql: what is watched is the process.
+        NodeCommand::spawn(
+            Path::new("/bin/sh"),
+            &[OsString::from("-c"), OsString::from(script)],
+            &[(OsString::from("PATH"), OsString::from("/usr/bin:/bin"))],
+        )
+        .unwrap()
+    }
+
+    fn wait(command: &mut NodeCommand) -> NodeOutput {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(output) = command.poll().unwrap() {
+                return output;
+            }
+            assert!(Instant::now() < deadline, "the command did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn output_and_exit_are_read() {
+        let mut ok = sh("echo '{\"backup_id\": \"x\"}'; echo note >&2");
+        let output = wait(&mut ok);
+        assert!(output.succeeded());
+        assert_eq!(output.stdout, "{\"backup_id\": \"x\"}");
+        assert_eq!(output.stderr, "note");
+
+        let mut failed = sh("echo 'psql:<stdin>:1: ERROR:  node gone' >&2; \
+                             echo 'CONTEXT:  12: frame' >&2; echo 'HINT:  retry' >&2; exit 3");
+        let output = wait(&mut failed);
+        assert_eq!(output.code, Some(3));
+        assert_eq!(output.failure(), "node gone");
+        let mut unreachable =
+            sh("echo 'psql: error: connection to server on socket failed' >&2; exit 2");
+        assert_eq!(
+            wait(&mut unreachable).failure(),
+            "connection to server on socket failed"
+        );
+    }
+
+    #[test]
+    fn a_large_output_does_not_block_the_child() {
+        let mut big = sh("head -c 1000000 /dev/zero | tr '\\0' x");
+        let output = wait(&mut big);
+        assert!(output.succeeded());
+        assert_eq!(output.stdout.len(), 1_000_000);
+    }
+
+    #[test]
+    fn cancel_sends_sigint_and_stop_kills_what_ignores_it() {
+        let mut polite = sh("trap 'echo cancelled >&2; exit 1' INT; while :; do sleep 0.05; done");
+        std::thread::sleep(Duration::from_millis(200));
+        polite.cancel();
+        let output = wait(&mut polite);
+        assert_eq!(output.code, Some(1));
+        assert_eq!(output.failure(), "cancelled");
+
+        let mut stubborn = sh("trap '' INT; while :; do sleep 0.05; done");
+        std::thread::sleep(Duration::from_millis(200));
+        let began = Instant::now();
+        assert!(stubborn.stop(Duration::from_millis(300)).is_none());
+        assert!(began.elapsed() < Duration::from_secs(5));
+        let pid = stubborn.pid() as i32;
+        drop(stubborn);
+        // Reaped: the pid no longer names our child.
+        assert_eq!(
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) },
+            -1
+        );
+    }
+
+    #[test]
+    fn connection_strings_quote_every_value() {
+        let target = NodeTarget {
+            host: "/tmp/sock dir".into(),
+            port: 5433,
+            database: "db=x o'k\\".into(),
+            user: "postgres".into(),
+        };
+        assert_eq!(
+            conninfo(&target, "pg_blockbackup", 10),
+            "host='/tmp/sock dir' port=5433 dbname='db=x o\\'k\\\\' user='postgres' \
+             application_name='pg_blockbackup' connect_timeout=10"
+        );
+        let args = psql_arguments("host=h", "SELECT 1");
+        assert_eq!(args.last().unwrap(), "SELECT 1");
+        assert!(args.contains(&OsString::from("-X")));
+    }
+}

@@ -1,0 +1,253 @@
+"""take_cluster_backup on a real Citus cluster (a coordinator and two
+workers, pg_test/harness/citus.py), checked by an invariant only a
+consistent restore keeps: while pgbench clients move money between
+accounts on different workers (Citus commits each by two-phase commit),
+a set is taken; the three nodes restored to its restore point, with the
+originals stopped, hold exactly the starting total, every ledger row
+matches both balance changes, no prepared transaction is left after
+recovery, and a query across all shards works.
+"""
+import os
+import subprocess
+import time
+
+from harness import backup as bk
+from harness import citus
+from harness.cluster import TestDir, quote_literal, wait_until
+from harness.workload import pgbench_argv
+
+TEST_TIMEOUT = 1200
+
+SET_COLUMNS = "node, backup_id, mode, status, restore_point, restore_point_lsn"
+
+
+def take_cluster_backup(coordinator, mode=None, restore_point=None):
+    args = bk.sql_args(("mode", mode), ("restore_point", restore_point))
+    rows = coordinator.sql(f"SELECT {SET_COLUMNS} FROM blockbackup.take_cluster_backup({args})",
+                           timeout=900)
+    return [dict(zip(SET_COLUMNS.split(", "), r)) for r in rows]
+
+
+def cluster_sets(coordinator):
+    cols = "set_id, restore_point, status, mode, commits_blocked_ms, nodes::text, message"
+    rows = coordinator.sql(f"SELECT {cols} FROM blockbackup.cluster_backups()")
+    return [dict(zip(cols.replace("::text", "").split(", "), r)) for r in rows]
+
+
+def start_transfers(td, coordinator, seconds):
+    script = citus.transfer_script(td)
+    return subprocess.Popen(pgbench_argv(coordinator, "-n", "-c", "4", "-T", str(seconds),
+                                         "-D", "accounts=200", "-f", script),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+
+
+def restore_set(td, cc, rows, label):
+    """Every node's backup of a set restored to the set's restore point into
+    a new directory, through the running originals; not started."""
+    restored = []
+    name = rows[0]["restore_point"]
+    for node, row in zip(cc.nodes, rows):
+        target = bk.new_target(td, f"{label}_{os.path.basename(node.root)}", node)
+        node.sql(f"SELECT files FROM blockbackup.restore_backup({quote_literal(row['backup_id'])}, "
+                 f"{quote_literal(target.datadir)}, recovery_target_name => {quote_literal(name)})",
+                 timeout=600)
+        restored.append(target)
+    return restored
+
+
+def bring_up(cc, restored):
+    """The restored nodes started on their own ports (the originals must be
+    stopped), pg_dist_node rewritten to them, 2PC recovery run."""
+    for target in restored:
+        # Until pg_dist_node names the copies, Citus's maintenance daemon
+        # must not reach out to the addresses it holds (the originals').
+        target.settings.update({"citus.recover_2pc_interval": "-1",
+                                "citus.distributed_deadlock_detection_factor": "-1"})
+        bk.start_restored(target)
+    coordinator = restored[0]
+    for node, target in zip(cc.nodes, restored):
+        node_id = coordinator.sql_value(f"SELECT nodeid FROM pg_dist_node WHERE nodeport = {node.port}")
+        coordinator.sql(f"SELECT citus_update_node({node_id}, {quote_literal(target.sockdir)}, "
+                        f"{target.port})")
+    wait_until(lambda: coordinator.sql_value(
+        "SELECT coalesce(bool_and(metadatasynced), true) FROM pg_dist_node "
+        "WHERE hasmetadata AND groupid <> 0") == "t",
+        timeout=120, what="the workers' metadata to be synced to the new places")
+    for target in restored[1:]:
+        ports = {int(p) for (p,) in target.sql("SELECT nodeport FROM pg_dist_node")}
+        assert ports == {t.port for t in restored}, (ports, [t.port for t in restored])
+    for target in restored:
+        target.settings.pop("citus.recover_2pc_interval")
+        target.settings.pop("citus.distributed_deadlock_detection_factor")
+        target.write_config()
+        target.reload()
+    for target in restored:
+        target.sql("SELECT recover_prepared_transactions()")
+    return restored
+
+
+def check_consistent(restored, total):
+    coordinator = restored[0]
+    assert citus.bank_total(coordinator) == total, "the restored bank lost or made money"
+    assert citus.ledger_mismatches(coordinator) == 0, "a transfer is on one side only"
+    for node in restored:
+        citus.wait_no_prepared(node)
+    assert int(coordinator.sql_value("SELECT count(*) FROM accounts WHERE branch IN "
+                                     "(SELECT id FROM branches)")) == 200
+
+
+def test_a_set_under_transfers_restores_consistent():
+    with TestDir() as td:
+        cc = citus.CitusCluster(td, workers=2)
+        total = citus.create_bank(cc.coordinator)
+        bench = start_transfers(td, cc.coordinator, seconds=600)
+        try:
+            time.sleep(2)
+            rows = take_cluster_backup(cc.coordinator, restore_point="set_one")
+            time.sleep(1)
+        finally:
+            bench.terminate()
+            bench.communicate(timeout=60)
+        assert [r["node"] for r in rows] == [f"{n.sockdir}:{n.port}" for n in cc.nodes], rows
+        assert all(r["status"] == "DONE" and r["backup_id"] and r["restore_point_lsn"]
+                   for r in rows), rows
+        assert {r["mode"] for r in rows} == {"full"}, rows
+        # Each node's catalog names the point, at the LSN of its own record.
+        for node, row in zip(cc.nodes, rows):
+            points = node.sql("SELECT backup_id, lsn FROM blockbackup.restore_points() "
+                              "WHERE name = 'set_one'")
+            assert points == [(row["backup_id"], row["restore_point_lsn"])], points
+        [entry] = cluster_sets(cc.coordinator)
+        assert entry["status"] == "DONE" and entry["restore_point"] == "set_one", entry
+        assert float(entry["commits_blocked_ms"]) >= 0, entry
+        # Transfers ran on after the point: the originals moved on.
+        assert int(cc.coordinator.sql_value("SELECT count(*) FROM transfers")) > 0
+
+        restored = restore_set(td, cc, rows, "r1")
+        for node in cc.nodes:
+            node.stop()
+        check_consistent(bring_up(cc, restored), total)
+
+
+def test_several_sets_under_transfers_each_restore_consistent():
+    with TestDir() as td:
+        cc = citus.CitusCluster(td, workers=2)
+        total = citus.create_bank(cc.coordinator)
+        bench = start_transfers(td, cc.coordinator, seconds=600)
+        sets = []
+        try:
+            for i, mode in enumerate(("full", "auto", "auto")):
+                time.sleep(1)
+                sets.append(take_cluster_backup(cc.coordinator, mode=mode))
+        finally:
+            bench.terminate()
+            out, err = bench.communicate(timeout=60)
+        assert [{r["mode"] for r in rows} for rows in sets] == \
+            [{"full"}, {"incremental"}, {"incremental"}], sets
+        names = [rows[0]["restore_point"] for rows in sets]
+        assert len(set(names)) == 3 and all(n.startswith("cluster_") for n in names), names
+        listed = cluster_sets(cc.coordinator)
+        assert [e["restore_point"] for e in listed] == names, listed
+        assert all(e["status"] == "DONE" for e in listed), listed
+        # Later sets hold more transfers: each restore is its own moment.
+        restored = [restore_set(td, cc, rows, f"s{i}") for i, rows in enumerate(sets)]
+        for node in cc.nodes:
+            node.stop()
+        counts = []
+        for nodes in restored:
+            check_consistent(bring_up(cc, nodes), total)
+            counts.append(int(nodes[0].sql_value("SELECT count(*) FROM transfers")))
+            for node in nodes:
+                node.stop()
+        assert counts == sorted(counts) and counts[0] < counts[-1], counts
+
+
+def _grow(node, scale):
+    """Local tables on one node, so that its backup takes a while."""
+    subprocess.run(pgbench_argv(node, "-i", "-q", "-s", str(scale)), check=True,
+                   capture_output=True, timeout=600)
+
+
+def test_a_worker_stopped_during_the_set_fails_it_cleanly():
+    with TestDir() as td:
+        cc = citus.CitusCluster(td, workers=2)
+        total = citus.create_bank(cc.coordinator)
+        worker1, worker2 = cc.workers
+        _grow(worker1, 30)
+        _grow(worker2, 30)
+        args = bk.sql_args(("restore_point", "doomed"))
+        proc = subprocess.Popen(cc.coordinator.psql_argv(verbose=True) + [
+            "-c", f"SELECT {SET_COLUMNS} FROM blockbackup.take_cluster_backup({args})"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        wait_until(lambda: any(e.status == "RUNNING" for e in bk.backups(worker2).values())
+                   and any(e.status == "RUNNING" for e in bk.backups(worker1).values()),
+                   timeout=60, interval=0.05, what="both workers' backups to run")
+        worker2.stop()
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode != 0, out
+        assert f"{worker2.sockdir}:{worker2.port}" in err and "failed" in err, err
+        assert "08006" in err, err
+        [entry] = cluster_sets(cc.coordinator)
+        assert entry["status"] == "ERROR", entry
+        # The other worker's backup was cancelled there, and no restore point made.
+        assert [e.status for e in bk.backups(worker1).values()] == ["ERROR"], bk.backups(worker1)
+        for node in (cc.coordinator, worker1):
+            assert node.sql("SELECT name FROM blockbackup.restore_points()") == []
+            with open(node.logfile) as f:
+                assert 'restore point "doomed"' not in f.read()
+
+        worker2.start()
+        worker2.wait_ready()
+        rows = take_cluster_backup(cc.coordinator, restore_point="after_the_failure")
+        assert all(r["status"] == "DONE" for r in rows), rows
+        assert [e["status"] for e in cluster_sets(cc.coordinator)] == ["ERROR", "DONE"]
+        restored = restore_set(td, cc, rows, "r")
+        for node in cc.nodes:
+            node.stop()
+        check_consistent(bring_up(cc, restored), total)
+
+
+def test_bad_calls_get_clear_errors():
+    with TestDir() as td:
+        cc = citus.CitusCluster(td, workers=1)
+        citus.create_bank(cc.coordinator, accounts=20)
+        co, worker = cc.coordinator, cc.workers[0]
+        take_cluster_backup(co, restore_point="once")
+        err = bk.expect_sqlstate(co, "SELECT * FROM blockbackup.take_cluster_backup(restore_point => 'once')",
+                                 "42710", hint=True)
+        assert "once" in err.message, err
+        bk.expect_sqlstate(co, "SELECT * FROM blockbackup.take_cluster_backup(restore_point => '')", "22023")
+        bk.expect_sqlstate(co, "SELECT * FROM blockbackup.take_cluster_backup(restore_point => repeat('x', 64))",
+                           "22023")
+        bk.expect_sqlstate(co, "SELECT * FROM blockbackup.take_cluster_backup(mode => 'sometimes')", "22023")
+        bk.expect_sqlstate(co, "SELECT * FROM blockbackup.take_cluster_backup(mode => NULL)", "22004")
+        err = bk.expect_sqlstate(worker, "SELECT * FROM blockbackup.take_cluster_backup()", "55000", hint=True)
+        assert "worker" in err.message and str(co.port) in err.stderr, err.stderr
+        co.sql("CREATE ROLE plain LOGIN; "
+               "GRANT EXECUTE ON FUNCTION blockbackup.take_cluster_backup(text, text) TO plain; "
+               "GRANT USAGE ON SCHEMA blockbackup TO plain")
+        bk.expect_sqlstate(co, "SELECT * FROM blockbackup.take_cluster_backup()", "42501", user="plain")
+        # Nobody but a superuser may even call it by default.
+        co.sql("CREATE ROLE other LOGIN; GRANT USAGE ON SCHEMA blockbackup TO other")
+        bk.expect_sqlstate(co, "SELECT * FROM blockbackup.take_cluster_backup()", "42501", user="other")
+        # A name the set's backups do not hold: each node's restore refuses it.
+        [entry] = cluster_sets(co)
+        assert entry["status"] == "DONE", entry
+        for node in cc.nodes:
+            [backup_id] = [b for b, e in bk.backups(node).items() if e.status == "DONE"]
+            state, message = node.sql_error(
+                f"SELECT * FROM blockbackup.restore_backup({quote_literal(backup_id)}, "
+                f"{quote_literal(td.subdir('nope_' + str(node.port)))}, recovery_target_name => 'never')")
+            assert state == "22023" and "once" in message, (state, message)
+        # Only the first set was recorded: the refusals left nothing.
+        assert len(cluster_sets(co)) == 1
+
+        # A server without Citus.
+        plain = ext_cluster(td)
+        err = bk.expect_sqlstate(plain, "SELECT * FROM blockbackup.take_cluster_backup()", "55000", hint=True)
+        assert "Citus is not installed" in err.message, err
+
+
+def ext_cluster(td):
+    from harness import extension as ext
+    return ext.extension_cluster(td, "no_citus")

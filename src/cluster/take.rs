@@ -1,0 +1,360 @@
+//! `take_cluster_backup`: every node's backup at once, then one restore
+//! point for all of them, attached to each node's backup.
+//!
+//! 1. Checks (Citus, superuser, coordinator, mode, name), the cluster lock
+//!    in the coordinator's repository, and the set recorded RUNNING.
+//! 2. One psql per node runs that node's `take_backup`; the first node to
+//!    fail has the others cancelled, and the set ends in ERROR naming the
+//!    failed nodes, with no restore point made.
+//! 3. `citus_create_restore_point` (see `coordinator`), timed.
+//! 4. One psql per node runs `attach_restore_point`, which finds the point
+//!    in that node's WAL and stores the WAL up to it in its backup.
+//! 5. The set is DONE only when every node has both.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use blockbackup_core::civil_time::unix_now_us as now_us;
+use blockbackup_core::cluster::node_command::{
+    conninfo, psql_arguments, NodeCommand, NodeOutput, NodeTarget,
+};
+use blockbackup_core::cluster::sql_literal;
+use blockbackup_core::repository::cluster_sets::{
+    check_restore_point_name, generated_restore_point_name, ClusterNode, ClusterSet, NodeStatus,
+};
+use blockbackup_core::repository::Repository;
+use blockbackup_core::Lsn;
+use pgrx::pg_sys;
+
+use super::coordinator::{self, CitusNode};
+use super::errors;
+use crate::backup::repository_access;
+
+const APPLICATION_NAME: &str = "pg_blockbackup cluster backup";
+const CONNECT_TIMEOUT_S: u32 = 10;
+const POLL: Duration = Duration::from_millis(20);
+
+pub fn take(mode: &str, restore_point: Option<&str>) -> ClusterSet {
+    let citus_version = coordinator::require_coordinator();
+    if !matches!(mode, "auto" | "full" | "incremental") {
+        errors::bad_mode(mode);
+    }
+    crate::shared_state::ensure_preloaded();
+    let psql = crate::server_paths::client_program("psql");
+    if !psql.is_file() {
+        errors::psql_missing(&psql);
+    }
+    let repo = repository_access::open_for_writing();
+    let lock = repo
+        .cluster_lock()
+        .unwrap_or_else(|e| crate::errors::repository(e));
+    repo.mark_interrupted_cluster_sets(&lock, now_us())
+        .unwrap_or_else(|e| crate::errors::repository(e));
+    let start = now_us();
+    let name = restore_point
+        .map(str::to_owned)
+        .unwrap_or_else(|| generated_restore_point_name(start));
+    check_name_is_new(&repo, &name);
+
+    let nodes = coordinator::nodes();
+    let set_id = repo
+        .new_cluster_set_id(start)
+        .unwrap_or_else(|e| crate::errors::repository(e));
+    let mut set = ClusterSet::new(
+        set_id,
+        name.clone(),
+        mode.to_owned(),
+        start,
+        citus_version,
+        nodes.iter().map(pending_node).collect(),
+    );
+    save(&repo, &set);
+    let targets = targets(&set, &nodes);
+
+    // 2. Every node's backup at once.
+    let query = format!(
+        "SELECT pg_catalog.row_to_json(b)::text FROM blockbackup.take_backup(mode => {}) b",
+        sql_literal(mode)
+    );
+    mark_all(&mut set, NodeStatus::Running);
+    save(&repo, &set);
+    let outcomes = run_on_every_node(&psql, &targets, |_| query.clone());
+    for (node, outcome) in set.nodes.iter_mut().zip(&outcomes) {
+        match outcome.as_ref().map(|stdout| backup_of(stdout)) {
+            Ok(Some((backup_id, mode))) => {
+                node.backup_id = Some(backup_id);
+                node.mode = Some(mode);
+                node.status = NodeStatus::Running;
+            }
+            Ok(None) => fail_node(node, "take_backup printed no backup"),
+            Err(Failure::Failed(message)) => fail_node(node, message),
+            Err(Failure::Cancelled(message)) => {
+                node.status = NodeStatus::Cancelled;
+                node.message = Some(message.clone());
+            }
+        }
+    }
+    end_if_failed(&repo, &mut set);
+
+    // 3. The common restore point.
+    let point = coordinator::create_restore_point(&name);
+    set.commits_blocked_us = Some(point.blocked.as_micros() as i64);
+    save(&repo, &set);
+
+    // 4. Attached to every node's backup.
+    let outcomes = run_on_every_node(&psql, &targets, |index| {
+        let backup_id = set.nodes[index].backup_id.clone().unwrap_or_default();
+        format!(
+            "SELECT restore_point_lsn::text FROM blockbackup.attach_restore_point({}, {})",
+            sql_literal(&backup_id),
+            sql_literal(&name)
+        )
+    });
+    for (node, outcome) in set.nodes.iter_mut().zip(&outcomes) {
+        match outcome {
+            Ok(stdout) => match stdout.trim().parse::<Lsn>() {
+                Ok(lsn) => {
+                    node.restore_point_lsn = Some(lsn);
+                    node.status = NodeStatus::Done;
+                }
+                Err(_) => fail_node(node, format!("attach_restore_point printed {stdout:?}")),
+            },
+            Err(Failure::Failed(message)) | Err(Failure::Cancelled(message)) => {
+                fail_node(node, message)
+            }
+        }
+    }
+    // The coordinator's point must be the record Citus wrote, not a later
+    // one of the same name.
+    if let Some(found) = set
+        .nodes
+        .iter()
+        .find(|node| node.group_id == 0)
+        .and_then(|node| node.restore_point_lsn)
+        .filter(|&lsn| lsn != point.coordinator_lsn)
+    {
+        let message = format!(
+            "the coordinator's restore point was found at {found}, not where Citus wrote it ({})",
+            point.coordinator_lsn
+        );
+        set.fail(message.clone(), now_us());
+        save(&repo, &set);
+        errors::set_failed(message, &set.set_id);
+    }
+    end_if_failed(&repo, &mut set);
+    if let Err(message) = set.finish(now_us()) {
+        set.fail(message.clone(), now_us());
+        save(&repo, &set);
+        errors::set_failed(message, &set.set_id);
+    }
+    save(&repo, &set);
+    drop(lock);
+    set
+}
+
+fn pending_node(node: &CitusNode) -> ClusterNode {
+    ClusterNode {
+        node_id: node.node_id,
+        group_id: node.group_id,
+        host: node.host.clone(),
+        port: node.port,
+        status: NodeStatus::Pending,
+        backup_id: None,
+        mode: None,
+        restore_point_lsn: None,
+        message: None,
+    }
+}
+
+/// How each node is reached, in the set's order: the coordinator through
+/// this server's own socket, the workers as pg_dist_node names them; all
+/// in this database, as the session's user.
+fn targets(set: &ClusterSet, nodes: &[CitusNode]) -> Vec<NodeTarget> {
+    let database = coordinator::current_database();
+    let user = crate::agent::launch::session_role();
+    set.nodes
+        .iter()
+        .map(|node| {
+            let citus = nodes
+                .iter()
+                .find(|n| n.node_id == node.node_id)
+                .map_or((node.host.clone(), node.port), |n| (n.host.clone(), n.port));
+            let (host, port) = if node.group_id == 0 {
+                (
+                    crate::agent::launch::socket_directory(),
+                    u16::try_from(unsafe { pg_sys::PostPortNumber }).unwrap_or(5432),
+                )
+            } else {
+                citus
+            };
+            NodeTarget {
+                host,
+                port,
+                database: database.clone(),
+                user: user.clone(),
+            }
+        })
+        .collect()
+}
+
+fn check_name_is_new(repo: &Repository, name: &str) {
+    if let Err(message) = check_restore_point_name(name) {
+        crate::errors::invalid_argument(
+            message,
+            "A restore point name is 1 to 63 bytes without control characters.",
+        );
+    }
+    let sets = repo
+        .cluster_sets()
+        .unwrap_or_else(|e| crate::errors::repository(e));
+    if let Some(set) = sets.iter().find(|set| set.restore_point == name) {
+        errors::restore_point_used(name, &set.set_id);
+    }
+}
+
+fn save(repo: &Repository, set: &ClusterSet) {
+    repo.write_cluster_set(set)
+        .unwrap_or_else(|e| crate::errors::repository(e));
+}
+
+fn mark_all(set: &mut ClusterSet, status: NodeStatus) {
+    for node in &mut set.nodes {
+        node.status = status;
+    }
+}
+
+fn fail_node(node: &mut ClusterNode, message: impl Into<String>) {
+    node.status = NodeStatus::Error;
+    node.message = Some(message.into());
+}
+
+/// Ends the set in ERROR, naming the failed nodes, if any node failed.
+fn end_if_failed(repo: &Repository, set: &mut ClusterSet) {
+    let failed: Vec<String> = set
+        .nodes
+        .iter()
+        .filter(|node| node.status == NodeStatus::Error)
+        .map(|node| {
+            format!(
+                "node {}: {}",
+                node.label(),
+                node.message.as_deref().unwrap_or("failed")
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        return;
+    }
+    let summary = failed.join("; ");
+    set.fail(summary.clone(), now_us());
+    save(repo, set);
+    errors::nodes_failed(summary, &set.set_id);
+}
+
+/// (backup_id, mode) from take_backup's row as JSON.
+fn backup_of(stdout: &str) -> Option<(String, String)> {
+    let row: serde_json::Value = serde_json::from_str(stdout.trim()).ok()?;
+    Some((
+        row.get("backup_id")?.as_str()?.to_owned(),
+        row.get("mode")?.as_str()?.to_owned(),
+    ))
+}
+
+enum Failure {
+    /// The node's command failed by itself.
+    Failed(String),
+    /// Stopped because another node failed.
+    Cancelled(String),
+}
+
+/// Runs `query_of(index)` on every node at once; on the first failure the
+/// others are cancelled. Returns each node's output or failure, in order.
+/// An error of this session (a cancel, a terminate) cancels them all: the
+/// commands are dropped while unwinding, which cancels and reaps them.
+fn run_on_every_node(
+    psql: &std::path::Path,
+    targets: &[NodeTarget],
+    query_of: impl Fn(usize) -> String,
+) -> Vec<Result<String, Failure>> {
+    let environment = psql_environment();
+    let mut results: Vec<Option<Result<String, Failure>>> =
+        (0..targets.len()).map(|_| None).collect();
+    let mut running: Vec<(usize, NodeCommand)> = Vec::new();
+    for (index, target) in targets.iter().enumerate() {
+        let arguments = psql_arguments(
+            &conninfo(target, APPLICATION_NAME, CONNECT_TIMEOUT_S),
+            &query_of(index),
+        );
+        match NodeCommand::spawn(psql, &arguments, &environment) {
+            Ok(command) => running.push((index, command)),
+            Err(error) => {
+                results[index] = Some(Err(Failure::Failed(format!(
+                    "could not start psql: {error}"
+                ))))
+            }
+        }
+    }
+    let mut cancelling = results.iter().any(Option::is_some);
+    while !running.is_empty() {
+        if cancelling {
+            for (_, command) in &mut running {
+                command.cancel();
+            }
+        }
+        let mut still = Vec::new();
+        for (index, mut command) in running {
+            match command.poll() {
+                Ok(None) => still.push((index, command)),
+                Ok(Some(output)) => {
+                    let result = outcome(output, cancelling);
+                    cancelling |= result.is_err();
+                    results[index] = Some(result);
+                }
+                Err(error) => {
+                    cancelling = true;
+                    results[index] = Some(Err(Failure::Failed(format!(
+                        "could not watch psql: {error}"
+                    ))));
+                }
+            }
+        }
+        running = still;
+        if !running.is_empty() {
+            std::thread::sleep(POLL);
+            pg_sys::check_for_interrupts!();
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Failure::Failed("did not run".into()))))
+        .collect()
+}
+
+fn outcome(output: NodeOutput, cancelling: bool) -> Result<String, Failure> {
+    if output.succeeded() {
+        Ok(output.stdout)
+    } else if cancelling {
+        Err(Failure::Cancelled(format!(
+            "cancelled because another node failed ({})",
+            output.failure()
+        )))
+    } else {
+        Err(Failure::Failed(output.failure()))
+    }
+}
+
+/// What psql may take from the server's environment: where the OS user's
+/// password and service files and TLS settings are, nothing that would
+/// send it to another server or database.
+fn psql_environment() -> Vec<(OsString, OsString)> {
+    std::env::vars_os()
+        .filter(|(key, _)| {
+            let key = key.to_string_lossy();
+            key == "HOME"
+                || key == "PGPASSFILE"
+                || key.starts_with("PGSSL")
+                || key == "PGSYSCONFDIR"
+        })
+        .chain([(OsString::from("LC_MESSAGES"), OsString::from("C"))])
+        .collect()
+}
