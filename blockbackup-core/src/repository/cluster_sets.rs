@@ -221,10 +221,14 @@ impl Repository {
         if !taken.contains(&base) {
             return Ok(base);
         }
-        (2u64..)
-            .map(|n| format!("{base}-{n}"))
-            .find(|id| !taken.contains(id))
-            .ok_or_else(|| RepositoryError::InvalidBackupId { id: base })
+        let mut suffix = 2u64;
+        loop {
+            let candidate = format!("{base}-{suffix}");
+            if !taken.contains(&candidate) {
+                return Ok(candidate);
+            }
+            suffix += 1;
+        }
     }
 
     fn cluster_set_ids(&self) -> Result<Vec<String>, RepositoryError> {

@@ -148,30 +148,29 @@ impl Repository {
     /// Takes the repository's exclusive lock without waiting. Backups and
     /// deletes hold it for their whole run.
     pub fn lock(&self) -> Result<RepositoryLock, RepositoryError> {
-        let file = self.locks.file(REPOSITORY_LOCK)?;
+        Ok(RepositoryLock {
+            _file: self.try_exclusive(REPOSITORY_LOCK)?,
+        })
+    }
+
+    /// The lock file `name`, locked exclusively without waiting (Busy when
+    /// another holds it).
+    fn try_exclusive(&self, name: &str) -> Result<File, RepositoryError> {
+        let file = self.locks.file(name)?;
         match file.try_lock() {
-            Ok(()) => Ok(RepositoryLock { _file: file }),
+            Ok(()) => Ok(file),
             Err(fs::TryLockError::WouldBlock) => Err(RepositoryError::Busy {
-                path: self.locks.dir.join(REPOSITORY_LOCK),
+                path: self.locks.dir.join(name),
             }),
-            Err(fs::TryLockError::Error(error)) => {
-                Err(io_error(self.locks.dir.join(REPOSITORY_LOCK))(error))
-            }
+            Err(fs::TryLockError::Error(error)) => Err(io_error(self.locks.dir.join(name))(error)),
         }
     }
 
     /// Takes the cluster lock without waiting: one cluster backup at a time.
     pub fn cluster_lock(&self) -> Result<ClusterLock, RepositoryError> {
-        let file = self.locks.file(CLUSTER_LOCK)?;
-        match file.try_lock() {
-            Ok(()) => Ok(ClusterLock { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(RepositoryError::Busy {
-                path: self.locks.dir.join(CLUSTER_LOCK),
-            }),
-            Err(fs::TryLockError::Error(error)) => {
-                Err(io_error(self.locks.dir.join(CLUSTER_LOCK))(error))
-            }
-        }
+        Ok(ClusterLock {
+            _file: self.try_exclusive(CLUSTER_LOCK)?,
+        })
     }
 
     /// Waits for the create lock.
