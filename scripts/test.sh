@@ -10,8 +10,9 @@
 #      restore-equality and faults, the dump agents' restore-equality, and
 #      archiving with point-in-time restore (16 changed the archive
 #      module's callbacks).
-#   The Citus scenarios (a coordinator and two workers) run on 15 and 18,
-#   the versions setup.sh builds Citus for.
+#   The Citus scenarios (a coordinator and two workers: the harness's
+#   self-test and take_cluster_backup's) run on 15 and 18, the versions
+#   setup.sh builds Citus for.
 #   The S3 scenarios (pg_test/test_s3.py, against SeaweedFS and rclone
 #   started on 127.0.0.1) run whole on 15; on 18 only the point-in-time
 #   restore through the bucket, since the rest is the same code on every
