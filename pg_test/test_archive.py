@@ -61,8 +61,14 @@ def archived_ranges(c):
 
 
 def wait_archived(c, name, timeout=120):
-    """Until pg_stat_archiver has archived `name` or a later segment."""
-    wait_until(lambda: (c.sql_value("SELECT last_archived_wal FROM pg_stat_archiver") or "") >= name,
+    """Until PostgreSQL marks `name` archived: its `.done` status file, or
+    pg_stat_archiver at `name` or a later segment. The status file is what
+    counts after a crash restart, which discards the statistics (15 and
+    later), so a segment archived just before the archiver was killed is
+    never reported by pg_stat_archiver."""
+    done = os.path.join(c.wal_dir, "archive_status", name + ".done")
+    wait_until(lambda: os.path.exists(done) or
+               (c.sql_value("SELECT last_archived_wal FROM pg_stat_archiver") or "") >= name,
                timeout=timeout, what=f"{name} to be archived (log: {c.logfile})")
 
 

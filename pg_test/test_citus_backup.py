@@ -242,6 +242,47 @@ def test_bad_calls_get_clear_errors():
         # Only the first set was recorded: the refusals left nothing.
         assert len(cluster_sets(co)) == 1
 
+        # Citus's locks held elsewhere: no restore point after the backups,
+        # 55P03, and the set says ERROR at once, not at the next call.
+        holder = subprocess.Popen(co.psql_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd="/")
+        try:
+            holder.stdin.write("BEGIN; LOCK TABLE pg_catalog.pg_dist_transaction IN ROW EXCLUSIVE MODE; "
+                               "SELECT 'held';\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "held", holder.stderr.read()
+            err = bk.expect_sqlstate(co, "SELECT * FROM blockbackup.take_cluster_backup(restore_point => 'blocked')",
+                                     "55P03", hint=True)
+            assert "blocked" in err.message, err
+            blocked = cluster_sets(co)[-1]
+            assert blocked["restore_point"] == "blocked" and blocked["status"] == "ERROR", blocked
+            assert "no restore point" in blocked["message"], blocked
+        finally:
+            holder.communicate("COMMIT;\n", timeout=60)
+        for node in cc.nodes:
+            with open(node.logfile) as f:
+                assert 'restore point "blocked" created' not in f.read(), node.logfile
+        # A failed set's name stays taken (where a point was half made is
+        # not known); the next set under another name succeeds.
+        bk.expect_sqlstate(co, "SELECT * FROM blockbackup.take_cluster_backup(restore_point => 'blocked')",
+                           "42710")
+        rows = take_cluster_backup(co, restore_point="unblocked")
+        assert all(r["status"] == "DONE" for r in rows), rows
+
+        # A worker that cannot be reached from the start: 08006 naming it,
+        # the coordinator's backup cancelled there, nothing else left.
+        before = {b for b, e in bk.backups(co).items()}
+        worker.stop()
+        err = bk.expect_sqlstate(co, "SELECT * FROM blockbackup.take_cluster_backup(restore_point => 'unreachable')",
+                                 "08006", hint=True)
+        assert f"{worker.sockdir}:{worker.port}" in err.message, err
+        assert cluster_sets(co)[-1]["status"] == "ERROR"
+        assert [e.status for b, e in bk.backups(co).items() if b not in before] in ([], ["ERROR"]), \
+            bk.backups(co)
+        worker.start()
+        worker.wait_ready()
+        assert [s["status"] for s in cluster_sets(co)] == ["DONE", "ERROR", "DONE", "ERROR"]
+
         # A server without Citus.
         plain = ext_cluster(td)
         err = bk.expect_sqlstate(plain, "SELECT * FROM blockbackup.take_cluster_backup()", "55000", hint=True)

@@ -12,6 +12,7 @@
 //! 5. The set is DONE only when every node has both.
 
 use std::ffi::OsString;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use blockbackup_core::civil_time::unix_now_us as now_us;
@@ -25,6 +26,8 @@ use blockbackup_core::repository::cluster_sets::{
 use blockbackup_core::repository::Repository;
 use blockbackup_core::Lsn;
 use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::PgTryBuilder;
 
 use super::coordinator::{self, CitusNode};
 use super::errors;
@@ -97,7 +100,7 @@ pub fn take(mode: &str, restore_point: Option<&str>) -> ClusterSet {
     end_if_failed(&repo, &mut set);
 
     // 3. The common restore point.
-    let point = coordinator::create_restore_point(&name);
+    let point = restore_point_or_fail(&repo, &set, &name);
     set.commits_blocked_us = Some(point.blocked.as_micros() as i64);
     save(&repo, &set);
 
@@ -150,6 +153,36 @@ pub fn take(mode: &str, restore_point: Option<&str>) -> ClusterSet {
     save(&repo, &set);
     drop(lock);
     set
+}
+
+/// Citus's restore point; when it cannot be made (its locks not had in
+/// time, a worker gone, any error Citus raises), the set is recorded ERROR
+/// with that message before the error goes on to the caller, so
+/// `cluster_backups()` tells at once, not at the next call.
+fn restore_point_or_fail(
+    repo: &Repository,
+    set: &ClusterSet,
+    name: &str,
+) -> coordinator::CommonRestorePoint {
+    let repo = AssertUnwindSafe(repo);
+    let set = AssertUnwindSafe(set);
+    PgTryBuilder::new(|| coordinator::create_restore_point(name))
+        .catch_others(|error| {
+            let message = match &error {
+                CaughtError::PostgresError(report)
+                | CaughtError::ErrorReport(report)
+                | CaughtError::RustPanic {
+                    ereport: report, ..
+                } => report.message().to_owned(),
+            };
+            let mut failed = set.clone();
+            failed.fail(format!("no restore point: {message}"), now_us());
+            // The error below is what the caller must see; a set that could
+            // not be rewritten is marked interrupted by the next call.
+            let _ = repo.write_cluster_set(&failed);
+            error.rethrow()
+        })
+        .execute()
 }
 
 fn pending_node(node: &CitusNode) -> ClusterNode {
