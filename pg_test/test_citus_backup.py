@@ -13,7 +13,7 @@ import time
 
 from harness import backup as bk
 from harness import citus
-from harness.cluster import TestDir, quote_literal, wait_until
+from harness.cluster import TestDir, make_postgres_dir, quote_literal, run, wait_until
 from harness.workload import pgbench_argv
 
 TEST_TIMEOUT = 1200
@@ -41,48 +41,63 @@ def start_transfers(td, coordinator, seconds):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
 
 
+RESTORE_SCRIPT = os.path.join(bk.REPO_ROOT, "sql", "cluster_restore.psql")
+# Every copy listens on its original's port + this, in its original's
+# socket directory (the servers listen on Unix sockets only).
+PORT_OFFSET = 1000
+
+
 def restore_set(td, cc, rows, label):
-    """Every node's backup of a set restored to the set's restore point into
-    a new directory, through the running originals; not started."""
-    restored = []
-    name = rows[0]["restore_point"]
-    for node, row in zip(cc.nodes, rows):
-        target = bk.new_target(td, f"{label}_{os.path.basename(node.root)}", node)
-        node.sql(f"SELECT files FROM blockbackup.restore_backup({quote_literal(row['backup_id'])}, "
-                 f"{quote_literal(target.datadir)}, recovery_target_name => {quote_literal(name)})",
-                 timeout=600)
-        restored.append(target)
-    return restored
+    """Step 1 of sql/cluster_restore.psql on the running original
+    coordinator: every node's backup of the set restored at once to the
+    set's restore point under a new directory. Returns the copies (not
+    started), coordinator first, and the script's rows."""
+    set_id = next(e["set_id"] for e in cluster_sets(cc.coordinator)
+                  if e["restore_point"] == rows[0]["restore_point"])
+    root = make_postgres_dir(td.subdir(label))
+    proc = run(cc.coordinator.psql_argv() + [
+        "-f", RESTORE_SCRIPT, "-v", f"target={root}", "-v", f"port_offset={PORT_OFFSET}",
+        "-v", f"set={set_id}"], timeout=900)
+    result = [line.split("\t") for line in proc.stdout.splitlines() if line.count("\t") == 6]
+    copies = []
+    for node, row, line in zip(cc.nodes, rows, result):
+        group, name, backup_id, status, directory, port, detail = line
+        assert (name, backup_id, status, int(port)) == \
+            (f"{node.sockdir}:{node.port}", row["backup_id"], "DONE", node.port + PORT_OFFSET), line
+        assert directory == os.path.join(root, f"group_{group}") and "pg_ctl -D" in detail, line
+        copy = td.cluster(f"{label}_{os.path.basename(node.root)}", preload=node.preload,
+                          settings=dict(node.settings), port=node.port + PORT_OFFSET)
+        copy.datadir, copy.sockdir = directory, node.sockdir
+        copies.append(copy)
+    assert len(copies) == len(cc.nodes), proc.stdout
+    return copies
 
 
 def bring_up(cc, restored):
-    """The restored nodes started on their own ports (the originals must be
-    stopped), pg_dist_node rewritten to them, 2PC recovery run."""
-    for target in restored:
-        # Until pg_dist_node names the copies, Citus's maintenance daemon
-        # must not reach out to the addresses it holds (the originals').
-        target.settings.update({"citus.recover_2pc_interval": "-1",
-                                "citus.distributed_deadlock_detection_factor": "-1"})
-        bk.start_restored(target)
+    """Every copy started as step 1 leaves it (plain pg_ctl start), then
+    step 2 of the script on the restored coordinator: pg_dist_node on every
+    copy names the copies, the held features are back on, 2PC recovery ran."""
+    for copy in restored:
+        copy.start(timeout=300)
+        copy.wait_ready()
+        wait_until(lambda: copy.sql_value("SELECT pg_is_in_recovery()") == "f", 300,
+                   what="the copy to finish recovery and promote")
+        assert copy.timeline() > 1
+        assert copy.sql_value("SHOW citus.recover_2pc_interval") == "-1"
     coordinator = restored[0]
-    for node, target in zip(cc.nodes, restored):
-        node_id = coordinator.sql_value(f"SELECT nodeid FROM pg_dist_node WHERE nodeport = {node.port}")
-        coordinator.sql(f"SELECT citus_update_node({node_id}, {quote_literal(target.sockdir)}, "
-                        f"{target.port})")
-    wait_until(lambda: coordinator.sql_value(
-        "SELECT coalesce(bool_and(metadatasynced), true) FROM pg_dist_node "
-        "WHERE hasmetadata AND groupid <> 0") == "t",
-        timeout=120, what="the workers' metadata to be synced to the new places")
-    for target in restored[1:]:
-        ports = {int(p) for (p,) in target.sql("SELECT nodeport FROM pg_dist_node")}
-        assert ports == {t.port for t in restored}, (ports, [t.port for t in restored])
-    for target in restored:
-        target.settings.pop("citus.recover_2pc_interval")
-        target.settings.pop("citus.distributed_deadlock_detection_factor")
-        target.write_config()
-        target.reload()
-    for target in restored:
-        target.sql("SELECT recover_prepared_transactions()")
+    proc = run(coordinator.psql_argv() + ["-f", RESTORE_SCRIPT, "-v", "relink=on",
+                                          "-v", f"port_offset={PORT_OFFSET}"], timeout=300)
+    assert len([line for line in proc.stdout.splitlines() if line.count("\t") == 6]) == len(restored), \
+        proc.stdout
+    for copy in restored:
+        ports = {int(p) for (p,) in copy.sql("SELECT nodeport FROM pg_dist_node")}
+        assert ports == {c.port for c in restored}, (ports, [c.port for c in restored])
+        assert copy.sql_value("SHOW citus.recover_2pc_interval") != "-1"
+        assert copy.sql_value("SHOW citus.distributed_deadlock_detection_factor") != "-1"
+    # Run again, it refuses: the copy is relinked already.
+    again = run(coordinator.psql_argv() + ["-f", RESTORE_SCRIPT, "-v", "relink=on",
+                                           "-v", f"port_offset={PORT_OFFSET}"], check=False)
+    assert again.returncode != 0 and "relinked already" in again.stderr, again.stderr
     return restored
 
 

@@ -229,6 +229,77 @@ def test_values_written_into_configuration_files_round_trip():
             target.stop()
 
 
+def test_settings_for_the_restored_copy():
+    """restore_backup's settings (and the offline command's --setting) land
+    after the restore's own in postgresql.auto.conf, quoted, and the copy
+    runs with them; a backup role may not pass them, and a bad name, a name
+    twice, a setting the restore writes itself or an unwritable value is
+    refused before anything is written."""
+    with TestDir() as td:
+        c, repo = role_cluster(td)
+        c.sql("CREATE TABLE t AS SELECT generate_series(1, 100) AS id")
+        b = bk.take_backup(c, "full", user=ROLE)
+        restores = make_postgres_dir(os.path.join(td.path, "restores"))
+        bk.set_config(c, "blockbackup.restore_directory", restores)
+
+        def query(target, settings):
+            return (f"SELECT files FROM blockbackup.restore_backup({quote_literal(b.backup_id)}, "
+                    f"{quote_literal(target)}, settings => {quote_literal(settings)})")
+
+        theirs = os.path.join(restores, "theirs")
+        entries_unchanged(c, repo, lambda: bk.expect_sqlstate(
+            c, query(theirs, '{"work_mem": "7MB"}'), "42501", user=ROLE,
+            contains=r"superuser", hint=True))
+        assert not os.path.exists(theirs)
+
+        refused = os.path.join(restores, "refused")
+        for bad, words in (('{"restore_command": "cp /x %p"}', r"itself"),
+                           ('{"Recovery_Target_Name": "x"}', r"itself"),
+                           ('{"allow_in_place_tablespaces": "off"}', r"itself"),
+                           ('{"9lives": 1}', r"not a setting name"),
+                           ('{"a.b.c": 1}', r"not a setting name"),
+                           ('{"work_mem = 1; x": 1}', r"not a setting name"),
+                           ('{"work_mem": "1MB", "WORK_MEM": "2MB"}', r"twice"),
+                           ('{"work_mem": "1MB\\nport = 1"}', r"line break"),
+                           ('{"work_mem": ["1MB"]}', r"string, a number or a boolean"),
+                           ('["work_mem"]', r"JSON object")):
+            entries_unchanged(c, repo, lambda: bk.expect_sqlstate(
+                c, query(refused, bad), "22023", contains=words, hint=True))
+            assert not os.path.exists(refused), bad
+
+        target = bk.new_target(td, "copy", c)
+        c.sql(query(target.datadir, '{"work_mem": "7MB", "pgbb.note": "it\'s a copy", '
+                                    '"jit": false, "max_parallel_workers": 3}'))
+        with open(os.path.join(target.datadir, "postgresql.auto.conf")) as f:
+            conf = f.read()
+        ours = conf.index("recovery_target_action")
+        for line in ("work_mem = '7MB'", "pgbb.note = 'it''s a copy'", "jit = 'off'",
+                     "max_parallel_workers = '3'"):
+            assert conf.index(line) > ours, conf
+        bk.verifybackup(target.datadir)
+        bk.start_restored(target)
+        assert target.sql("SHOW work_mem; SHOW pgbb.note; SHOW jit") == \
+            [("7MB",), ("it's a copy",), ("off",)]
+        assert target.sql_value("SELECT count(*) FROM t") == "100"
+        target.stop()
+
+        # The offline command: the same settings, the same refusals.
+        bk.require_cli()
+        c.stop()
+        offline = bk.new_target(td, "offline", c)
+        bk.cli(repo, "restore", b.backup_id, offline.datadir, "--setting", "work_mem=9MB")
+        with open(os.path.join(offline.datadir, "postgresql.auto.conf")) as f:
+            assert "work_mem = '9MB'" in f.read()
+        unused = bk.new_target(td, "offline_bad", c)
+        for bad in ("restore_command=cp /x %p", "no_value", "a.b.c=1"):
+            proc = bk.cli(repo, "restore", b.backup_id, unused.datadir, "--setting", bad,
+                          check=False)
+            assert proc.returncode != 0 and "setting" in proc.stderr, (bad, proc.stderr)
+            assert os.listdir(unused.datadir) == [], (bad, os.listdir(unused.datadir))
+        bk.start_restored(offline)
+        assert offline.sql_value("SHOW work_mem") == "9MB"
+
+
 def test_recovery_targets_the_backup_cannot_reach():
     """Item 4: an LSN past the WAL the backup holds is refused before
     anything is written; its stop LSN and its restore point are reached."""

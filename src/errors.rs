@@ -85,6 +85,16 @@ pub fn restore_directory_unset() -> ! {
     )
 }
 
+/// A role without superuser rights passing restore_backup's settings.
+pub fn restore_settings_not_superuser() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        "only a superuser may pass settings to restore_backup".into(),
+        Some("A setting of the restored configuration (archive_command, say) runs what it says once the copy starts.".into()),
+        Some("A superuser restores with settings, or edits the copy's postgresql.auto.conf before starting it."),
+    )
+}
+
 pub fn invalid_argument(message: String, hint: &str) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -402,6 +412,10 @@ pub fn restore(error: RestoreError) -> ! {
         E::TargetNotReachable { .. } | E::NoBackupForTarget { .. } => (
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "Nothing was written. blockbackup.archived_wal() shows the WAL the archive holds, backups() what each backup reaches.",
+        ),
+        E::BadSetting { .. } => (
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "Nothing was written. Pass settings as {\"name\": \"value\"}, with names PostgreSQL knows; the recovery target has arguments of its own.",
         ),
         E::RecoveryTargetBeforeConsistency { .. }
         | E::UnknownRestorePoint { .. }

@@ -13,6 +13,7 @@
 //!                [--recovery-target-lsn LSN | --recovery-target-name NAME | --recovery-target-time TIME
 //!                 | --recovery-target-xid XID | --recovery-target immediate|latest]
 //!                [--recovery-target-timeline latest|current|N] [--recovery-target-inclusive on|off]
+//!                [--setting NAME=VALUE]...
 //! ```
 //!
 //! A repository in S3 is reached with `--s3-endpoint URL`, `--s3-region`,
@@ -74,6 +75,7 @@ const USAGE: &str = "usage (DIR: a directory, or s3://BUCKET/PREFIX with --s3-en
                   | --recovery-target-time 'YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]'
                   | --recovery-target-xid XID | --recovery-target immediate|latest]
                  [--recovery-target-timeline latest|current|N] [--recovery-target-inclusive on|off]
+                 [--setting NAME=VALUE]...   (added to the copy's postgresql.auto.conf)
                  (without BACKUP_ID: the newest backup that reaches the target)";
 
 /// The options `restore` takes.
@@ -88,6 +90,7 @@ const RESTORE_OPTIONS: &[&str] = &[
     "--recovery-target-inclusive",
     "--parallel",
     "--pgdata",
+    "--setting",
 ];
 
 /// What a command ends with besides success.
@@ -554,6 +557,13 @@ fn restore(
                     "off" | "false" => false,
                     _ => return Err("--recovery-target-inclusive takes on or off".to_owned()),
                 })
+            }
+            "--setting" => {
+                let (name, value) = value.split_once('=').ok_or("--setting takes NAME=VALUE")?;
+                restore_options
+                    .recovery
+                    .settings
+                    .push((name.to_owned(), value.to_owned()));
             }
             "--pgdata" => {}
             _ => {

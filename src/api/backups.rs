@@ -341,6 +341,7 @@ fn restore_backup(
     recovery_target: default!(Option<String>, "NULL"),
     recovery_target_timeline: default!(Option<String>, "NULL"),
     recovery_target_inclusive: default!(Option<bool>, "NULL"),
+    settings: default!(Option<JsonB>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -372,8 +373,10 @@ fn restore_backup(
             target: recovery_target,
             inclusive: recovery_target_inclusive,
             timeline: recovery_target_timeline,
+            settings: Vec::new(),
         },
         tablespace_mapping: tablespace_mapping.map(|json| json.0),
+        settings: settings.map(|json| json.0),
     });
     if chosen {
         notice!("pg_blockbackup: restored backup {restored}, the newest that reaches the recovery target");

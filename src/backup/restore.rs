@@ -35,6 +35,8 @@ pub struct RestoreRequest {
     pub recovery: RecoveryExtras,
     /// `{"<old location or oid>": "<new directory>"}`.
     pub tablespace_mapping: Option<serde_json::Value>,
+    /// `{"<setting>": <value>}` for the copy's `postgresql.auto.conf`.
+    pub settings: Option<serde_json::Value>,
 }
 
 /// Restores and returns the backup restored with what was written.
@@ -61,12 +63,16 @@ pub fn restore(request: RestoreRequest) -> (String, RestoreStats) {
         }
     }
 
+    let mut recovery = request.recovery;
+    if let Some(settings) = &request.settings {
+        recovery.settings = extra_settings(settings);
+    }
     let options = RestoreOptions {
         target: PathBuf::from(&request.target),
         tablespace_mapping,
         recovery_target_lsn: request.recovery_target_lsn,
         recovery_target_name: request.recovery_target_name,
-        recovery: request.recovery,
+        recovery,
         archive_commands,
         threads: settings::PARALLEL.get().max(1) as usize,
         rules,
@@ -82,6 +88,36 @@ pub fn restore(request: RestoreRequest) -> (String, RestoreStats) {
         pgrx::pg_sys::check_for_interrupts!();
         errors::restore(e)
     })
+}
+
+/// The settings to add to the copy's configuration, from `{"name":
+/// value}` (a string, number or boolean each). Superusers only: a setting
+/// such as `archive_command` runs what it says once the copy is started.
+fn extra_settings(settings: &serde_json::Value) -> Vec<(String, String)> {
+    if !unsafe { pg_sys::superuser() } {
+        errors::restore_settings_not_superuser();
+    }
+    let Some(entries) = settings.as_object() else {
+        errors::invalid_argument(
+            "settings must be a JSON object".into(),
+            "Pass {\"<setting>\": \"<value>\"}, e.g. {\"port\": 5433}.",
+        );
+    };
+    entries
+        .iter()
+        .map(|(name, value)| {
+            let text = match value {
+                serde_json::Value::String(text) => text.clone(),
+                serde_json::Value::Number(number) => number.to_string(),
+                serde_json::Value::Bool(on) => if *on { "on" } else { "off" }.to_owned(),
+                _ => errors::invalid_argument(
+                    format!("settings[\"{name}\"] must be a string, a number or a boolean"),
+                    "Pass each setting's value as PostgreSQL would read it.",
+                ),
+            };
+            (name.clone(), text)
+        })
+        .collect()
 }
 
 /// The restored cluster's `restore_command` and `recovery_end_command`

@@ -183,6 +183,9 @@ pub enum RestoreError {
     },
     #[error("{what} {value:?} holds a line break or another control character, which a configuration file cannot hold")]
     UnwritableSetting { what: String, value: String },
+    /// A setting the caller asked to add to the copy's configuration.
+    #[error("setting {name:?} cannot be added to the restored configuration: {reason}")]
+    BadSetting { name: String, reason: String },
     /// Recovery arguments that do not go together or are malformed.
     #[error("{detail}")]
     BadRecoveryTarget { detail: String },

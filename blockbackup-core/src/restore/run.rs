@@ -103,11 +103,17 @@ pub struct RecoveryExtras {
     pub inclusive: Option<bool>,
     /// `latest`, `current` or a number.
     pub timeline: Option<String>,
+    /// Settings appended to the copy's `postgresql.auto.conf` after the
+    /// restore's own, in order (see [`super::extra_settings`]).
+    pub settings: Vec<(String, String)>,
 }
 
 impl RestoreOptions {
-    /// The one recovery request the arguments make.
+    /// The one recovery request the arguments make; checks the settings
+    /// to add too, so that a bad one is refused before anything is read or
+    /// written.
     pub fn recovery_request(&self) -> Result<RecoveryRequest, RestoreError> {
+        super::extra_settings::check(&self.recovery.settings)?;
         RecoveryRequest::from_arguments(RecoveryArguments {
             lsn: self.recovery_target_lsn,
             name: self.recovery_target_name.as_deref(),
@@ -843,7 +849,12 @@ fn restore_into(
         let content = tablespace_map::render(&mapped);
         manifest.push(write_new_file(tree, TABLESPACE_MAP, &content, now)?);
     }
-    let settings = recovery_settings(any_in_place, recovery.request, recovery.archive)?;
+    let settings = recovery_settings(
+        any_in_place,
+        recovery.request,
+        recovery.archive,
+        &options.recovery.settings,
+    )?;
     // Always archive recovery, ending on a new timeline: the restored
     // cluster's WAL after the backup differs from the original's WAL at
     // the same LSNs, and only a timeline switch tells the two apart, so
@@ -875,11 +886,13 @@ fn restore_into(
 }
 
 /// The settings restore appends to `postgresql.auto.conf`: in-place
-/// tablespaces, and archive recovery to the requested target, then promote.
+/// tablespaces, and archive recovery to the requested target, then promote;
+/// then the caller's `extra` (checked already).
 fn recovery_settings(
     any_in_place: bool,
     request: &RecoveryRequest,
     archive: Option<&ArchiveContext>,
+    extra: &[(String, String)],
 ) -> Result<String, RestoreError> {
     let mut settings: Vec<(&str, String)> = Vec::new();
     if any_in_place {
@@ -887,6 +900,7 @@ fn recovery_settings(
         settings.push(("allow_in_place_tablespaces", "on".to_owned()));
     }
     settings.extend(recovery_target::recovery_settings(request, archive));
+    settings.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     setting_lines(&pairs).ok_or_else(|| RestoreError::UnwritableSetting {
         what: "a recovery setting".to_owned(),
