@@ -101,6 +101,15 @@ def bring_up(cc, restored):
     return restored
 
 
+def restore_with_originals_stopped(td, cc, rows, label, total):
+    """The set restored while the originals run, the originals stopped,
+    the copies brought up and checked."""
+    restored = restore_set(td, cc, rows, label)
+    for node in cc.nodes:
+        node.stop()
+    check_consistent(bring_up(cc, restored), total)
+
+
 def check_consistent(restored, total):
     coordinator = restored[0]
     assert citus.bank_total(coordinator) == total, "the restored bank lost or made money"
@@ -138,10 +147,7 @@ def test_a_set_under_transfers_restores_consistent():
         # Transfers ran on after the point: the originals moved on.
         assert int(cc.coordinator.sql_value("SELECT count(*) FROM transfers")) > 0
 
-        restored = restore_set(td, cc, rows, "r1")
-        for node in cc.nodes:
-            node.stop()
-        check_consistent(bring_up(cc, restored), total)
+        restore_with_originals_stopped(td, cc, rows, "r1", total)
 
 
 def test_several_sets_under_transfers_each_restore_consistent():
@@ -216,10 +222,7 @@ def test_a_worker_stopped_during_the_set_fails_it_cleanly():
         rows = take_cluster_backup(cc.coordinator, restore_point="after_the_failure")
         assert all(r["status"] == "DONE" for r in rows), rows
         assert [e["status"] for e in cluster_sets(cc.coordinator)] == ["ERROR", "DONE"]
-        restored = restore_set(td, cc, rows, "r")
-        for node in cc.nodes:
-            node.stop()
-        check_consistent(bring_up(cc, restored), total)
+        restore_with_originals_stopped(td, cc, rows, "r", total)
 
 
 def test_bad_calls_get_clear_errors():
