@@ -189,6 +189,57 @@ def _grow(node, scale):
                    capture_output=True, timeout=600)
 
 
+def test_a_fast_nodes_wal_is_held_until_the_restore_point():
+    """A node whose backup ends long before the slowest one's: the WAL from
+    its stop to the restore point must survive checkpoints meanwhile, or
+    the point cannot be attached to its backup."""
+    with TestDir() as td:
+        # Nothing but the set keeps WAL (the harness keeps 4GB otherwise).
+        cc = citus.CitusCluster(td, workers=2, wal_keep_size="0")
+        total = citus.create_bank(cc.coordinator)
+        slow, fast = cc.workers
+        _grow(slow, 1)
+        # The slow worker compresses hard, one thread: its backup takes a while.
+        slow.sql("ALTER SYSTEM SET blockbackup.compression = 'zstd'; "
+                 "ALTER SYSTEM SET blockbackup.compress_level = 16; "
+                 "ALTER SYSTEM SET blockbackup.parallel = 1; SELECT pg_reload_conf()")
+        proc = subprocess.Popen(cc.coordinator.psql_argv(verbose=True) + [
+            "-c", f"SELECT {SET_COLUMNS} FROM blockbackup.take_cluster_backup(restore_point => 'held')"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        def fast_one_done():
+            assert proc.poll() is None, proc.communicate()[1]
+            return [e.status for e in bk.backups(fast).values()] == ["DONE"] and \
+                [e.status for e in bk.backups(slow).values()] == ["RUNNING"]
+        try:
+            wait_until(fast_one_done, timeout=120, interval=0.05,
+                       what="the fast worker's backup to end first")
+            [stopped] = bk.backups(fast).values()
+            segment = fast.sql_value(f"SELECT pg_walfile_name('{stopped.stop_lsn}')")
+            # Segments written, switched and checkpointed away on the fast
+            # worker: what nothing holds is removed or recycled.
+            for _ in range(4):
+                fast.sql("CREATE TABLE IF NOT EXISTS churn (x int); INSERT INTO churn VALUES (1); "
+                         "SELECT pg_switch_wal(); CHECKPOINT")
+            kept = fast.sql_value(f"SELECT count(*) FROM pg_ls_waldir() WHERE name = '{segment}'")
+            assert [e.status for e in bk.backups(slow).values()] == ["RUNNING"], \
+                "the slow worker's backup ended before the churn: the test proves nothing"
+            assert kept == "1", f"{segment}, the fast worker's stop segment, was removed"
+            out, err = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err
+        rows = [dict(zip(SET_COLUMNS.split(", "), line.split("\t"))) for line in out.splitlines()
+                if line.count("\t") == 5]
+        assert len(rows) == 3 and all(r["status"] == "DONE" for r in rows), out
+        # Nothing is held any more once the set ended.
+        for node in cc.nodes:
+            assert node.sql("SELECT slot_name FROM pg_replication_slots "
+                            "WHERE slot_name LIKE 'pg_blockbackup_set%'") == []
+        restore_with_originals_stopped(td, cc, rows, "r", total)
+
+
 def test_a_worker_stopped_during_the_set_fails_it_cleanly():
     with TestDir() as td:
         cc = citus.CitusCluster(td, workers=2)
@@ -300,6 +351,23 @@ def test_bad_calls_get_clear_errors():
         worker.start()
         worker.wait_ready()
         assert [s["status"] for s in cluster_sets(co)] == ["DONE", "ERROR", "DONE", "ERROR"]
+
+        # A worker with no replication slot free for the set's WAL hold
+        # (its summarizer has the only one): the set fails before any
+        # backup starts, naming it.
+        worker.write_config(max_replication_slots=1)
+        worker.restart()
+        before = {node.port: set(bk.backups(node)) for node in cc.nodes}
+        err = bk.expect_sqlstate(co, "SELECT * FROM blockbackup.take_cluster_backup(restore_point => 'no_slot')",
+                                 "08006", hint=True)
+        assert f"{worker.sockdir}:{worker.port}: could not hold its WAL" in err.message, err
+        assert "replication slots" in err.message and "max_replication_slots" in err.stderr, err
+        assert {node.port: set(bk.backups(node)) for node in cc.nodes} == before
+        assert cluster_sets(co)[-1]["status"] == "ERROR"
+        assert co.sql("SELECT slot_name FROM pg_replication_slots "
+                      "WHERE slot_name LIKE 'pg_blockbackup_set%'") == []
+        worker.write_config(max_replication_slots=10)
+        worker.restart()
 
         # A server without Citus.
         plain = ext_cluster(td)

@@ -74,6 +74,15 @@ pub fn nodes_failed(summary: String, set_id: &str) -> ! {
     )
 }
 
+pub fn holds_failed(summary: String, set_id: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+        format!("cluster backup {set_id} failed: {summary}"),
+        Some("No node's backup was started and no restore point was made.".into()),
+        Some("Every node must be reachable and have two replication slots free while the set runs (max_replication_slots): one holds its WAL until the restore point is attached, one its backup's."),
+    )
+}
+
 pub fn set_failed(message: String, set_id: &str) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -7,3 +7,4 @@
 pub mod coordinator;
 pub mod errors;
 pub mod take;
+pub mod wal_holds;

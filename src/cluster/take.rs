@@ -3,13 +3,15 @@
 //!
 //! 1. Checks (Citus, superuser, coordinator, mode, name), the cluster lock
 //!    in the coordinator's repository, and the set recorded RUNNING.
-//! 2. One psql per node runs that node's `take_backup`; the first node to
+//! 2. One psql session per node holds that node's WAL until step 4 ends
+//!    (see `wal_holds`).
+//! 3. One psql per node runs that node's `take_backup`; the first node to
 //!    fail has the others cancelled, and the set ends in ERROR naming the
 //!    failed nodes, with no restore point made.
-//! 3. `citus_create_restore_point` (see `coordinator`), timed.
-//! 4. One psql per node runs `attach_restore_point`, which finds the point
+//! 4. `citus_create_restore_point` (see `coordinator`), timed.
+//! 5. One psql per node runs `attach_restore_point`, which finds the point
 //!    in that node's WAL and stores the WAL up to it in its backup.
-//! 5. The set is DONE only when every node has both.
+//! 6. The set is DONE only when every node has both.
 
 use std::ffi::OsString;
 use std::panic::AssertUnwindSafe;
@@ -31,11 +33,12 @@ use pgrx::PgTryBuilder;
 
 use super::coordinator::{self, CitusNode};
 use super::errors;
+use super::wal_holds::{self, WalHolds};
 use crate::backup::repository_access;
 
-const APPLICATION_NAME: &str = "pg_blockbackup cluster backup";
-const CONNECT_TIMEOUT_S: u32 = 10;
-const POLL: Duration = Duration::from_millis(20);
+pub(super) const APPLICATION_NAME: &str = "pg_blockbackup cluster backup";
+pub(super) const CONNECT_TIMEOUT_S: u32 = 10;
+pub(super) const POLL: Duration = Duration::from_millis(20);
 
 pub fn take(mode: &str, restore_point: Option<&str>) -> ClusterSet {
     let citus_version = coordinator::require_coordinator();
@@ -74,7 +77,22 @@ pub fn take(mode: &str, restore_point: Option<&str>) -> ClusterSet {
     save(&repo, &set);
     let targets = targets(&set, &nodes);
 
-    // 2. Every node's backup at once.
+    // 2. Every node's WAL held.
+    let mut holds = match WalHolds::take(&psql, &targets, &wal_holds::slot_name(&set.set_id)) {
+        Ok(holds) => holds,
+        Err(failed) => {
+            for (index, reason) in failed {
+                fail_node(
+                    &mut set.nodes[index],
+                    format!("could not hold its WAL: {reason}"),
+                );
+            }
+            end_if_failed(&repo, &mut set, errors::holds_failed);
+            unreachable!("a node failed, so the set did");
+        }
+    };
+
+    // 3. Every node's backup at once.
     let query = format!(
         "SELECT pg_catalog.row_to_json(b)::text FROM blockbackup.take_backup(mode => {}) b",
         sql_literal(mode)
@@ -97,14 +115,14 @@ pub fn take(mode: &str, restore_point: Option<&str>) -> ClusterSet {
             }
         }
     }
-    end_if_failed(&repo, &mut set);
+    end_if_failed(&repo, &mut set, errors::nodes_failed);
 
-    // 3. The common restore point.
+    // 4. The common restore point.
     let point = restore_point_or_fail(&repo, &set, &name);
     set.commits_blocked_us = Some(point.blocked.as_micros() as i64);
     save(&repo, &set);
 
-    // 4. Attached to every node's backup.
+    // 5. Attached to every node's backup.
     let outcomes = run_on_every_node(&psql, &targets, |index| {
         let backup_id = set.nodes[index].backup_id.clone().unwrap_or_default();
         format!(
@@ -113,7 +131,7 @@ pub fn take(mode: &str, restore_point: Option<&str>) -> ClusterSet {
             sql_literal(&name)
         )
     });
-    for (node, outcome) in set.nodes.iter_mut().zip(&outcomes) {
+    for (index, (node, outcome)) in set.nodes.iter_mut().zip(&outcomes).enumerate() {
         match outcome {
             Ok(stdout) => match stdout.trim().parse::<Lsn>() {
                 Ok(lsn) => {
@@ -123,10 +141,17 @@ pub fn take(mode: &str, restore_point: Option<&str>) -> ClusterSet {
                 Err(_) => fail_node(node, format!("attach_restore_point printed {stdout:?}")),
             },
             Err(Failure::Failed(message)) | Err(Failure::Cancelled(message)) => {
-                fail_node(node, message)
+                match holds.ended_early(index) {
+                    Some(why) => fail_node(
+                        node,
+                        format!("{message} (its WAL hold had ended early: {why})"),
+                    ),
+                    None => fail_node(node, message),
+                }
             }
         }
     }
+    holds.release();
     // The coordinator's point must be the record Citus wrote, not a later
     // one of the same name.
     if let Some(found) = set
@@ -144,7 +169,7 @@ pub fn take(mode: &str, restore_point: Option<&str>) -> ClusterSet {
         save(&repo, &set);
         errors::set_failed(message, &set.set_id);
     }
-    end_if_failed(&repo, &mut set);
+    end_if_failed(&repo, &mut set, errors::nodes_failed);
     if let Err(message) = set.finish(now_us()) {
         set.fail(message.clone(), now_us());
         save(&repo, &set);
@@ -261,8 +286,9 @@ fn fail_node(node: &mut ClusterNode, message: impl Into<String>) {
     node.message = Some(message.into());
 }
 
-/// Ends the set in ERROR, naming the failed nodes, if any node failed.
-fn end_if_failed(repo: &Repository, set: &mut ClusterSet) {
+/// Ends the set in ERROR, naming the failed nodes, if any node failed, and
+/// raises `error` with them.
+fn end_if_failed(repo: &Repository, set: &mut ClusterSet, error: fn(String, &str) -> !) {
     let failed: Vec<String> = set
         .nodes
         .iter()
@@ -281,7 +307,7 @@ fn end_if_failed(repo: &Repository, set: &mut ClusterSet) {
     let summary = failed.join("; ");
     set.fail(summary.clone(), now_us());
     save(repo, set);
-    errors::nodes_failed(summary, &set.set_id);
+    error(summary, &set.set_id);
 }
 
 /// (backup_id, mode) from take_backup's row as JSON.
@@ -379,7 +405,7 @@ fn outcome(output: NodeOutput, cancelling: bool) -> Result<String, Failure> {
 /// What psql may take from the server's environment: where the OS user's
 /// password and service files and TLS settings are, nothing that would
 /// send it to another server or database.
-fn psql_environment() -> Vec<(OsString, OsString)> {
+pub(super) fn psql_environment() -> Vec<(OsString, OsString)> {
     std::env::vars_os()
         .filter(|(key, _)| {
             let key = key.to_string_lossy();

@@ -5,6 +5,11 @@
 //! (so that neither pipe fills while the session waits), and polled by the
 //! session between waits on its latch.
 //!
+//! A command may instead be a session: psql reads its statements from a
+//! pipe the session keeps open, and what it printed so far can be read
+//! while it runs; closing the pipe ends psql and so its connection (a
+//! node's temporary replication slot goes with it).
+//!
 //! Cancelling sends SIGINT, on which psql asks the node to cancel the
 //! statement and exits once the node has answered, so the node's own
 //! pg_blockbackup ends its backup in ERROR as for any cancel. The same
@@ -14,10 +19,11 @@
 //! reaped.
 
 use std::ffi::OsString;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -98,6 +104,16 @@ pub fn conninfo(target: &NodeTarget, application_name: &str, connect_timeout_s: 
 /// psql's arguments: no psqlrc, unaligned tuples only, stop at the first
 /// error, one command.
 pub fn psql_arguments(conninfo: &str, query: &str) -> Vec<OsString> {
+    psql_options(conninfo, ["-c", query])
+}
+
+/// psql's arguments for a session: as [`psql_arguments`], the statements
+/// read from standard input.
+pub fn psql_session_arguments(conninfo: &str) -> Vec<OsString> {
+    psql_options(conninfo, ["-f", "-"])
+}
+
+fn psql_options(conninfo: &str, input: [&str; 2]) -> Vec<OsString> {
     [
         "-X",
         "-q",
@@ -107,34 +123,60 @@ pub fn psql_arguments(conninfo: &str, query: &str) -> Vec<OsString> {
         "ON_ERROR_STOP=1",
         "-d",
         conninfo,
-        "-c",
-        query,
     ]
     .iter()
+    .chain(input.iter())
     .map(OsString::from)
     .collect()
 }
 
 pub struct NodeCommand {
     child: Child,
-    stdout: Option<JoinHandle<Vec<u8>>>,
+    /// Open while a session's psql may be sent statements.
+    stdin: Option<ChildStdin>,
+    stdout: Option<JoinHandle<()>>,
+    printed: Arc<Mutex<Vec<u8>>>,
     stderr: Option<JoinHandle<Vec<u8>>>,
     reaped: bool,
     cancelled: bool,
 }
 
 impl NodeCommand {
+    /// A command that reads nothing (its standard input is /dev/null).
     pub fn spawn(
         psql: &Path,
         arguments: &[OsString],
         environment: &[(OsString, OsString)],
+    ) -> io::Result<Self> {
+        Self::start(psql, arguments, environment, false)
+    }
+
+    /// A session: its standard input is a pipe, written by [`Self::send`],
+    /// closed by [`Self::close_input`] (or when dropped).
+    pub fn spawn_session(
+        psql: &Path,
+        arguments: &[OsString],
+        environment: &[(OsString, OsString)],
+    ) -> io::Result<Self> {
+        Self::start(psql, arguments, environment, true)
+    }
+
+    fn start(
+        psql: &Path,
+        arguments: &[OsString],
+        environment: &[(OsString, OsString)],
+        session: bool,
     ) -> io::Result<Self> {
         let mut command = Command::new(psql);
         command
             .args(arguments)
             .env_clear()
             .envs(environment.iter().map(|(key, value)| (key, value)))
-            .stdin(Stdio::null())
+            .stdin(if session {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .current_dir("/")
@@ -149,11 +191,18 @@ impl NodeCommand {
             });
         }
         let mut child = command.spawn()?;
-        let stdout = child.stdout.take().map(read_all);
+        let stdin = child.stdin.take();
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child
+            .stdout
+            .take()
+            .map(|pipe| read_into(pipe, Arc::clone(&printed)));
         let stderr = child.stderr.take().map(read_all);
         Ok(NodeCommand {
             child,
+            stdin,
             stdout,
+            printed,
             stderr,
             reaped: false,
             cancelled: false,
@@ -164,14 +213,40 @@ impl NodeCommand {
         self.child.id()
     }
 
+    /// Sends `text` to a session's psql (an error once its input is
+    /// closed, or when psql has ended).
+    pub fn send(&mut self, text: &str) -> io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "input closed"))?;
+        stdin.write_all(text.as_bytes())?;
+        stdin.flush()
+    }
+
+    /// Ends a session's input: psql ends once it has run what it was sent.
+    pub fn close_input(&mut self) {
+        self.stdin = None;
+    }
+
+    /// What it printed on standard output so far.
+    pub fn printed(&self) -> String {
+        let bytes = self.printed.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// How it ended, once it has.
     pub fn poll(&mut self) -> io::Result<Option<NodeOutput>> {
         match self.child.try_wait()? {
             Some(status) => {
                 self.reaped = true;
+                self.stdin = None;
+                if let Some(reader) = self.stdout.take() {
+                    let _ = reader.join();
+                }
                 Ok(Some(NodeOutput {
                     code: status.code(),
-                    stdout: joined(self.stdout.take()),
+                    stdout: self.printed().trim_end().to_owned(),
                     stderr: joined(self.stderr.take()),
                 }))
             }
@@ -221,6 +296,7 @@ impl NodeCommand {
 
 impl Drop for NodeCommand {
     fn drop(&mut self) {
+        self.stdin = None;
         if !self.reaped {
             self.stop(Duration::from_secs(10));
         }
@@ -232,6 +308,22 @@ fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
         let mut bytes = Vec::new();
         let _ = pipe.read_to_end(&mut bytes);
         bytes
+    })
+}
+
+/// Reads `pipe` to its end, appending to `printed` as it comes.
+fn read_into(mut pipe: impl Read + Send + 'static, printed: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => match printed.lock() {
+                    Ok(mut bytes) => bytes.extend_from_slice(&chunk[..n]),
+                    Err(_) => break,
+                },
+            }
+        }
     })
 }
 
@@ -318,6 +410,37 @@ mod tests {
     }
 
     #[test]
+    fn a_session_runs_what_it_is_sent_until_its_input_closes() {
+        let mut session = NodeCommand::spawn_session(
+            Path::new("/bin/sh"),
+            &[
+                OsString::from("-c"),
+                OsString::from("while read line; do echo \"got $line\"; done; echo done"),
+            ],
+            &[(OsString::from("PATH"), OsString::from("/usr/bin:/bin"))],
+        )
+        .unwrap();
+        session.send("one\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while session.printed() != "got one\n" {
+            assert!(Instant::now() < deadline, "printed {:?}", session.printed());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Still running: it waits for more.
+        assert!(session.poll().unwrap().is_none());
+        session.send("two\n").unwrap();
+        session.close_input();
+        assert!(session.send("three\n").is_err());
+        let output = wait(&mut session);
+        assert!(output.succeeded());
+        assert_eq!(output.stdout, "got one\ngot two\ndone");
+        // A command's input is /dev/null: nothing can be sent.
+        let mut plain = sh("cat");
+        assert!(plain.send("x\n").is_err());
+        assert_eq!(wait(&mut plain).stdout, "");
+    }
+
+    #[test]
     fn connection_strings_quote_every_value() {
         let target = NodeTarget {
             host: "/tmp/sock dir".into(),
@@ -333,5 +456,11 @@ mod tests {
         let args = psql_arguments("host=h", "SELECT 1");
         assert_eq!(args.last().unwrap(), "SELECT 1");
         assert!(args.contains(&OsString::from("-X")));
+        let session = psql_session_arguments("host=h");
+        assert_eq!(
+            session[session.len() - 2..],
+            [OsString::from("-f"), OsString::from("-")]
+        );
+        assert_eq!(session[..session.len() - 2], args[..args.len() - 2]);
     }
 }
