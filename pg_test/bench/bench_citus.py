@@ -13,7 +13,7 @@ the same run, on the same data:
     point (commits_blocked_ms: from asking for Citus's locks to their
     release), and the transfers' largest latency in the same seconds.
 
-Usage: python3 pg_test/bench/bench_citus.py [--scale 30] [--sets 5]
+Usage: python3 pg_test/bench/bench_citus.py [--scale 30] [--sets 5] [--compression lz4]
 """
 import argparse
 import json
@@ -31,16 +31,35 @@ from harness.cluster import TestDir  # noqa: E402
 from harness.workload import pgbench_argv  # noqa: E402
 
 
-def timed(fn):
+def cpu_times():
+    """The machine's (busy, iowait) CPU seconds so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / tick, iowait / tick
+
+
+def timed(fn, cores=None):
+    """(seconds, result) of fn(); with `cores` a dict, also the cores it kept
+    busy on average and the cores' share of the time waiting on the disk."""
+    busy0, wait0 = cpu_times()
     began = time.monotonic()
     result = fn()
-    return time.monotonic() - began, result
+    seconds = time.monotonic() - began
+    if cores is not None:
+        busy1, wait1 = cpu_times()
+        cores["busy"] = round((busy1 - busy0) / seconds, 2)
+        cores["iowait"] = round((wait1 - wait0) / seconds, 2)
+    return seconds, result
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=int, default=30)
     parser.add_argument("--sets", type=int, default=5)
+    parser.add_argument("--compression", default=None,
+                        help="blockbackup.compression on every node (default: the extension's)")
     args = parser.parse_args()
     with TestDir(prefix="pgbb-bench-citus-") as td:
         cc = citus.CitusCluster(td, workers=2)
@@ -49,12 +68,20 @@ def main():
             subprocess.run(pgbench_argv(node, "-i", "-q", "-s", str(args.scale)), check=True,
                            capture_output=True, timeout=1800)
             node.sql("CHECKPOINT")
-        singles = {}
+            if args.compression:
+                node.sql(f"ALTER SYSTEM SET blockbackup.compression = '{args.compression}'; "
+                         "SELECT pg_reload_conf()")
+        singles, single_cores = {}, {}
         for node in cc.nodes:
-            seconds, _ = timed(lambda: bk.take_backup(node, "full", timeout=3600))
-            singles[f"{os.path.basename(node.root)}"] = round(seconds, 2)
+            name = os.path.basename(node.root)
+            single_cores[name] = {}
+            seconds, _ = timed(lambda: bk.take_backup(node, "full", timeout=3600),
+                               single_cores[name])
+            singles[name] = round(seconds, 2)
+        cluster_cores = {}
         cluster_seconds, rows = timed(lambda: cc.coordinator.sql(
-            "SELECT node, status FROM blockbackup.take_cluster_backup('full')", timeout=3600))
+            "SELECT node, status FROM blockbackup.take_cluster_backup('full')", timeout=3600),
+            cluster_cores)
         assert all(r[1] == "DONE" for r in rows), rows
 
         script = citus.transfer_script(td)
@@ -80,14 +107,26 @@ def main():
         log_dir = os.path.dirname(log_prefix)
         for name in os.listdir(log_dir):
             with open(os.path.join(log_dir, name)) as f:
-                latencies += [int(line.split()[2]) / 1000.0 for line in f if line.strip()]
+                # The last line may be cut short where pgbench was stopped.
+                latencies += [int(fields[2]) / 1000.0 for fields in map(str.split, f)
+                              if len(fields) >= 3 and fields[2].isdigit()]
         latencies.sort()
         slowest = max(singles.values())
         print(json.dumps({
             "scale_per_node": args.scale,
+            "compression": args.compression or "default",
             "single_node_full_s": singles,
+            "single_node_cores": single_cores,
             "cluster_full_s": round(cluster_seconds, 2),
+            "cluster_cores": cluster_cores,
+            "machine_cores": os.cpu_count(),
             "cluster_over_slowest_single": round(cluster_seconds / slowest, 2),
+            # The nodes share this machine's cores and disk: what they did
+            # together against what they did one after the other.
+            "cluster_over_sum_of_singles": round(cluster_seconds / sum(singles.values()), 2),
+            "cluster_cpu_over_singles_cpu": round(
+                cluster_cores["busy"] * cluster_seconds
+                / sum(single_cores[n]["busy"] * singles[n] for n in singles), 2),
             "sets_under_load": args.sets,
             "commits_blocked_ms": blocked,
             "commits_blocked_ms_max": max(blocked) if blocked else None,
