@@ -50,23 +50,27 @@ if [[ -f ${PGBB_VENDOR:-$(cd .. && pwd)/shared/vendor}/SHA256SUMS ]]; then
     export PGBB_REQUIRE_CITUS=1
 fi
 
+# Each part's heading says how long the run has taken so far.
+elapsed() { printf '%dm%02ds in' $((SECONDS / 60)) $((SECONDS % 60)); }
+
 # Everything but our own build: the in-server tests install debug builds,
 # and the release build the scenarios run is made once, after them.
 PGBB_SETUP_NO_BUILD=1 scripts/setup.sh
 
-echo "== pure crate: cargo test -p blockbackup-core"
+echo "== pure crate: cargo test -p blockbackup-core ($(elapsed))"
 # The S3 driver's tests need the object stores setup.sh installed. The
 # test-optimized profile is release without link-time optimization.
 PGBB_REQUIRE_OBJECT_STORES=1 cargo test -p blockbackup-core --profile test-optimized
 
 for v in $PGBB_PG_VERSIONS; do
-    echo "== in-server: cargo pgrx test pg$v"
+    echo "== in-server: cargo pgrx test pg$v ($(elapsed))"
     pgrx_data=/var/tmp/pg_blockbackup-pgrx-test
     [[ $v == 15 ]] || pgrx_data=$pgrx_data-$v
     install -d -o postgres -g postgres "$pgrx_data"
     cargo pgrx test "pg$v" --runas postgres --pgdata "$pgrx_data/data"
 done
 # pgrx test installed debug builds; the scenarios run the release ones.
+echo "== release builds: scripts/setup.sh ($(elapsed))"
 scripts/setup.sh
 
 # The versions run in two lanes side by side (the first version in one, the
@@ -85,7 +89,7 @@ run_version() {
     elif ((${#scenarios[@]} == 0)) && [[ $v == 18 ]]; then
         scenarios=("${S3_ON_15_ONLY[@]}")
     fi
-    echo "== real clusters, PostgreSQL $v: pg_test/run.py"
+    echo "== real clusters, PostgreSQL $v: pg_test/run.py ($(elapsed))"
     PG_BIN=$(pg_bin_of "$v") python3 pg_test/run.py "${scenarios[@]}" \
         | tee "$logs/$v" | sed -u "s/^/[pg$v] /" || true
 }
@@ -112,5 +116,6 @@ for v in "${versions[@]}"; do
         failed=$((failed + 1))
     fi
 done
+echo "== done ($(elapsed))"
 echo "all: $passed passed, $failed failed, $skipped skipped"
 ((failed == 0))
