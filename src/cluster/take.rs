@@ -3,7 +3,7 @@
 //!
 //! 1. Checks (Citus, superuser, coordinator, mode, name), the cluster lock
 //!    in the coordinator's repository, and the set recorded RUNNING.
-//! 2. One psql session per node holds that node's WAL until step 4 ends
+//! 2. One psql session per node holds that node's WAL until step 5 ends
 //!    (see `wal_holds`).
 //! 3. One psql per node runs that node's `take_backup`; the first node to
 //!    fail has the others cancelled, and the set ends in ERROR naming the
