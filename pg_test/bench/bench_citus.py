@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from harness import backup as bk  # noqa: E402
 from harness import citus  # noqa: E402
-from harness.cluster import TestDir  # noqa: E402
+from harness.cluster import TestDir, quote_literal  # noqa: E402
 from harness.workload import pgbench_argv  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def main():
                            capture_output=True, timeout=1800)
             node.sql("CHECKPOINT")
             if args.compression:
-                node.sql(f"ALTER SYSTEM SET blockbackup.compression = '{args.compression}'; "
+                node.sql(f"ALTER SYSTEM SET blockbackup.compression = {quote_literal(args.compression)}; "
                          "SELECT pg_reload_conf()")
         singles, single_cores = {}, {}
         for node in cc.nodes:
