@@ -134,9 +134,8 @@ pub struct NodeCommand {
     child: Child,
     /// Open while a session's psql may be sent statements.
     stdin: Option<ChildStdin>,
-    stdout: Option<JoinHandle<()>>,
-    printed: Arc<Mutex<Vec<u8>>>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
+    stdout: Captured,
+    stderr: Captured,
     reaped: bool,
     cancelled: bool,
 }
@@ -192,17 +191,12 @@ impl NodeCommand {
         }
         let mut child = command.spawn()?;
         let stdin = child.stdin.take();
-        let printed = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child
-            .stdout
-            .take()
-            .map(|pipe| read_into(pipe, Arc::clone(&printed)));
-        let stderr = child.stderr.take().map(read_all);
+        let stdout = Captured::reading(child.stdout.take());
+        let stderr = Captured::reading(child.stderr.take());
         Ok(NodeCommand {
             child,
             stdin,
             stdout,
-            printed,
             stderr,
             reaped: false,
             cancelled: false,
@@ -231,8 +225,7 @@ impl NodeCommand {
 
     /// What it printed on standard output so far.
     pub fn printed(&self) -> String {
-        let bytes = self.printed.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&bytes).into_owned()
+        self.stdout.so_far()
     }
 
     /// How it ended, once it has.
@@ -241,13 +234,10 @@ impl NodeCommand {
             Some(status) => {
                 self.reaped = true;
                 self.stdin = None;
-                if let Some(reader) = self.stdout.take() {
-                    let _ = reader.join();
-                }
                 Ok(Some(NodeOutput {
                     code: status.code(),
-                    stdout: self.printed().trim_end().to_owned(),
-                    stderr: joined(self.stderr.take()),
+                    stdout: self.stdout.finish(),
+                    stderr: self.stderr.finish(),
                 }))
             }
             None => Ok(None),
@@ -303,33 +293,48 @@ impl Drop for NodeCommand {
     }
 }
 
-fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        bytes
-    })
+/// One of the child's output pipes, read to its end by a thread of its own
+/// (so that it never fills while the session waits), kept as it comes.
+struct Captured {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    reader: Option<JoinHandle<()>>,
 }
 
-/// Reads `pipe` to its end, appending to `printed` as it comes.
-fn read_into(mut pipe: impl Read + Send + 'static, printed: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 8192];
-        loop {
-            match pipe.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => match printed.lock() {
-                    Ok(mut bytes) => bytes.extend_from_slice(&chunk[..n]),
-                    Err(_) => break,
-                },
-            }
+impl Captured {
+    fn reading(pipe: Option<impl Read + Send + 'static>) -> Self {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let reader = pipe.map(|mut pipe| {
+            let bytes = Arc::clone(&bytes);
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match pipe.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => match bytes.lock() {
+                            Ok(mut bytes) => bytes.extend_from_slice(&chunk[..n]),
+                            Err(_) => break,
+                        },
+                    }
+                }
+            })
+        });
+        Captured { bytes, reader }
+    }
+
+    /// What was read so far.
+    fn so_far(&self) -> String {
+        let bytes = self.bytes.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// All of it, once the pipe has ended (the child is gone), without the
+    /// trailing newlines.
+    fn finish(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
         }
-    })
-}
-
-fn joined(handle: Option<JoinHandle<Vec<u8>>>) -> String {
-    let bytes = handle.and_then(|h| h.join().ok()).unwrap_or_default();
-    String::from_utf8_lossy(&bytes).trim_end().to_owned()
+        self.so_far().trim_end().to_owned()
+    }
 }
 
 #[cfg(test)]
