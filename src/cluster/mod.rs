@@ -6,5 +6,6 @@
 
 pub mod coordinator;
 pub mod errors;
+mod node_psql;
 pub mod take;
 pub mod wal_holds;

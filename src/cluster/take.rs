@@ -13,13 +13,11 @@
 //!    in that node's WAL and stores the WAL up to it in its backup.
 //! 6. The set is DONE only when every node has both.
 
-use std::ffi::OsString;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
 
 use blockbackup_core::civil_time::unix_now_us as now_us;
 use blockbackup_core::cluster::node_command::{
-    conninfo, psql_arguments, NodeCommand, NodeOutput, NodeTarget,
+    psql_arguments, NodeCommand, NodeOutput, NodeTarget,
 };
 use blockbackup_core::cluster::sql_literal;
 use blockbackup_core::repository::cluster_sets::{
@@ -33,12 +31,9 @@ use pgrx::PgTryBuilder;
 
 use super::coordinator::{self, CitusNode};
 use super::errors;
+use super::node_psql::{node_conninfo, psql_environment, POLL};
 use super::wal_holds::{self, WalHolds};
 use crate::backup::repository_access;
-
-pub(super) const APPLICATION_NAME: &str = "pg_blockbackup cluster backup";
-pub(super) const CONNECT_TIMEOUT_S: u32 = 10;
-pub(super) const POLL: Duration = Duration::from_millis(20);
 
 pub fn take(mode: &str, restore_point: Option<&str>) -> ClusterSet {
     let citus_version = coordinator::require_coordinator();
@@ -87,8 +82,7 @@ pub fn take(mode: &str, restore_point: Option<&str>) -> ClusterSet {
                     format!("could not hold its WAL: {reason}"),
                 );
             }
-            end_if_failed(&repo, &mut set, errors::holds_failed);
-            unreachable!("a node failed, so the set did");
+            fail_set(&repo, &mut set, errors::holds_failed);
         }
     };
 
@@ -286,10 +280,21 @@ fn fail_node(node: &mut ClusterNode, message: impl Into<String>) {
     node.message = Some(message.into());
 }
 
-/// Ends the set in ERROR, naming the failed nodes, if any node failed, and
-/// raises `error` with them.
+/// Ends the set in ERROR if any node failed (see [`fail_set`]).
 fn end_if_failed(repo: &Repository, set: &mut ClusterSet, error: fn(String, &str) -> !) {
-    let failed: Vec<String> = set
+    if set
+        .nodes
+        .iter()
+        .any(|node| node.status == NodeStatus::Error)
+    {
+        fail_set(repo, set, error);
+    }
+}
+
+/// Ends the set in ERROR naming its failed nodes, and raises `error` with
+/// them.
+fn fail_set(repo: &Repository, set: &mut ClusterSet, error: fn(String, &str) -> !) -> ! {
+    let summary = set
         .nodes
         .iter()
         .filter(|node| node.status == NodeStatus::Error)
@@ -300,14 +305,11 @@ fn end_if_failed(repo: &Repository, set: &mut ClusterSet, error: fn(String, &str
                 node.message.as_deref().unwrap_or("failed")
             )
         })
-        .collect();
-    if failed.is_empty() {
-        return;
-    }
-    let summary = failed.join("; ");
+        .collect::<Vec<String>>()
+        .join("; ");
     set.fail(summary.clone(), now_us());
     save(repo, set);
-    error(summary, &set.set_id);
+    error(summary, &set.set_id)
 }
 
 /// (backup_id, mode) from take_backup's row as JSON.
@@ -340,10 +342,7 @@ fn run_on_every_node(
         (0..targets.len()).map(|_| None).collect();
     let mut running: Vec<(usize, NodeCommand)> = Vec::new();
     for (index, target) in targets.iter().enumerate() {
-        let arguments = psql_arguments(
-            &conninfo(target, APPLICATION_NAME, CONNECT_TIMEOUT_S),
-            &query_of(index),
-        );
+        let arguments = psql_arguments(&node_conninfo(target), &query_of(index));
         match NodeCommand::spawn(psql, &arguments, &environment) {
             Ok(command) => running.push((index, command)),
             Err(error) => {
@@ -400,20 +399,4 @@ fn outcome(output: NodeOutput, cancelling: bool) -> Result<String, Failure> {
     } else {
         Err(Failure::Failed(output.failure()))
     }
-}
-
-/// What psql may take from the server's environment: where the OS user's
-/// password and service files and TLS settings are, nothing that would
-/// send it to another server or database.
-pub(super) fn psql_environment() -> Vec<(OsString, OsString)> {
-    std::env::vars_os()
-        .filter(|(key, _)| {
-            let key = key.to_string_lossy();
-            key == "HOME"
-                || key == "PGPASSFILE"
-                || key.starts_with("PGSSL")
-                || key == "PGSYSCONFDIR"
-        })
-        .chain([(OsString::from("LC_MESSAGES"), OsString::from("C"))])
-        .collect()
 }

@@ -22,13 +22,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use blockbackup_core::cluster::node_command::{
-    conninfo, psql_session_arguments, NodeCommand, NodeTarget,
-};
+use blockbackup_core::cluster::node_command::{psql_session_arguments, NodeCommand, NodeTarget};
 use blockbackup_core::cluster::sql_literal;
 use pgrx::pg_sys;
 
-use super::take::{psql_environment, APPLICATION_NAME, CONNECT_TIMEOUT_S, POLL};
+use super::node_psql::{node_conninfo, psql_environment, CONNECT_TIMEOUT_S, POLL};
 
 /// How long a node may take to answer once connected.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,8 +70,7 @@ impl WalHolds {
         let mut sessions = Vec::new();
         let mut failed = Vec::new();
         for (index, target) in targets.iter().enumerate() {
-            let arguments =
-                psql_session_arguments(&conninfo(target, APPLICATION_NAME, CONNECT_TIMEOUT_S));
+            let arguments = psql_session_arguments(&node_conninfo(target));
             match NodeCommand::spawn_session(psql, &arguments, &environment) {
                 Ok(mut session) => {
                     if let Err(error) = session.send(&statement) {
