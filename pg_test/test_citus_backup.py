@@ -13,7 +13,8 @@ import time
 
 from harness import backup as bk
 from harness import citus
-from harness.cluster import TestDir, make_postgres_dir, quote_literal, run, wait_until
+from harness.cluster import (TestDir, make_postgres_dir, parse_psql_rows, quote_literal, run,
+                             wait_until)
 from harness.workload import pgbench_argv
 
 TEST_TIMEOUT = 1200
@@ -230,8 +231,7 @@ def test_a_fast_nodes_wal_is_held_until_the_restore_point():
                 proc.kill()
                 proc.communicate()
         assert proc.returncode == 0, err
-        rows = [dict(zip(SET_COLUMNS.split(", "), line.split("\t"))) for line in out.splitlines()
-                if line.count("\t") == 5]
+        rows = [dict(zip(SET_COLUMNS.split(", "), r)) for r in parse_psql_rows(out)]
         assert len(rows) == 3 and all(r["status"] == "DONE" for r in rows), out
         # Nothing is held any more once the set ended.
         for node in cc.nodes:
