@@ -375,3 +375,107 @@ fn a_chain_mixing_codecs_restores() {
         [block(10), block(11), block(12)].concat()
     );
 }
+
+/// `data` encoded by `codec`, written in 1000-byte pieces (so that lz4
+/// cuts it into several blocks).
+fn encoded(codec: Compression, data: &[u8]) -> Vec<u8> {
+    let mut encoder = codec.encoder(Vec::new(), codec.default_level()).unwrap();
+    for piece in data.chunks(1000) {
+        encoder.write_all(piece).unwrap();
+    }
+    encoder.finish().unwrap()
+}
+
+fn decode(codec: Compression, stored: &[u8]) -> io::Result<Vec<u8>> {
+    let mut decoded = Vec::new();
+    codec.decoder(stored)?.read_to_end(&mut decoded)?;
+    Ok(decoded)
+}
+
+/// Where to cut a stored stream: every byte of its first and last 64 (the
+/// header, the end mark, the trailer), every 101st between, and for lz4
+/// every block boundary and the 4 bytes of the block size after it.
+fn cuts(codec: Compression, stored: &[u8]) -> Vec<usize> {
+    let mut cuts: Vec<usize> = (0..stored.len())
+        .filter(|&at| at < 64 || at + 64 >= stored.len() || at % 101 == 0)
+        .collect();
+    if codec == Compression::Lz4 {
+        // Magic, FLG, BD, header checksum: lz4_flex writes no content size.
+        assert_eq!(stored[4] & 0x08, 0, "an lz4 header with a content size");
+        let mut at = 7;
+        while at + 4 <= stored.len() {
+            cuts.extend(at..at + 4);
+            let size = u32::from_le_bytes(stored[at..at + 4].try_into().unwrap()) & 0x7FFF_FFFF;
+            if size == 0 {
+                break;
+            }
+            at += 4 + size as usize;
+        }
+        assert!(
+            stored.len() < 1000 || at > 7 + 4 + 65_536,
+            "lz4 wrote a single block"
+        );
+    }
+    cuts
+}
+
+#[test]
+fn every_cut_of_an_encoded_stream_is_an_error() {
+    // Half of it random, so that lz4 and gzip write more than one block.
+    let mut state = 7u64;
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            if i % 2 == 0 {
+                (state >> 56) as u8
+            } else {
+                0
+            }
+        })
+        .collect();
+    for codec in Compression::ALL {
+        if codec == Compression::None {
+            // Only the CRC in the manifest or the archive's name guards it.
+            continue;
+        }
+        for content in [&data[..], b""] {
+            let stored = encoded(codec, content);
+            assert_eq!(decode(codec, &stored).unwrap(), content, "{codec:?}");
+            for cut in cuts(codec, &stored) {
+                let result = decode(codec, &stored[..cut]);
+                assert!(
+                    result.is_err(),
+                    "{codec:?}: the cut at {cut} of {} decoded to {} bytes",
+                    stored.len(),
+                    result.map_or(0, |d| d.len())
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stream_of_several_frames_reads_whole_and_garbage_after_it_is_an_error() {
+    for codec in [Compression::Gzip, Compression::Zstd, Compression::Lz4] {
+        let stored = [
+            encoded(codec, b"first"),
+            encoded(codec, b""),
+            encoded(codec, b"second"),
+        ]
+        .concat();
+        assert_eq!(decode(codec, &stored).unwrap(), b"firstsecond", "{codec:?}");
+        let with_garbage = [stored.as_slice(), b"garbage"].concat();
+        let error = decode(codec, &with_garbage).unwrap_err();
+        assert!(
+            matches!(
+                error.kind(),
+                io::ErrorKind::InvalidData
+                    | io::ErrorKind::InvalidInput
+                    | io::ErrorKind::UnexpectedEof
+            ),
+            "{codec:?}: {error}"
+        );
+    }
+}

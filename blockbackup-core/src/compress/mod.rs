@@ -13,15 +13,21 @@
 //! Every file is compressed on its own, so a restore reads one file of a
 //! backup without the others, and the copy threads compress side by side.
 //! Decoders read every frame of a stream (a gzip file of several members,
-//! a zstd file of several frames) and report damage as `InvalidData`
-//! (gzip as `InvalidInput`, which is what flate2 says), so
-//! that a stored file that does not decode is told from an unreadable disk.
+//! a zstd file of several frames, an lz4 file of several frames) and
+//! report damage as `InvalidData` (gzip as `InvalidInput`, which is what
+//! flate2 says) and a stream cut short as `UnexpectedEof`, so that a stored
+//! file that does not decode is told from an unreadable disk, and a cut one
+//! never reads as a shorter or (a frame's end mark lost) an intact one.
 
 use std::io::{self, Read, Write};
 use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+mod lz4;
+
+use lz4::Lz4Reader;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -144,7 +150,7 @@ impl Compression {
             Compression::None => Box::new(inner),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
             Compression::Zstd => Box::new(ZstdReader(zstd::stream::read::Decoder::new(inner)?)),
-            Compression::Lz4 => Box::new(Lz4Reader(lz4_flex::frame::FrameDecoder::new(inner))),
+            Compression::Lz4 => Box::new(Lz4Reader::new(inner)),
         })
     }
 }
@@ -209,21 +215,6 @@ impl<R: Read> Read for ZstdReader<R> {
             if error.kind() == io::ErrorKind::Other
                 && error.get_ref().is_none_or(|e| !e.is::<io::Error>())
             {
-                io::Error::new(io::ErrorKind::InvalidData, error.to_string())
-            } else {
-                error
-            }
-        })
-    }
-}
-
-/// lz4_flex's frame decoder, its errors about the data made `InvalidData`.
-struct Lz4Reader<R: Read>(lz4_flex::frame::FrameDecoder<R>);
-
-impl<R: Read> Read for Lz4Reader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|error| {
-            if error.kind() == io::ErrorKind::Other {
                 io::Error::new(io::ErrorKind::InvalidData, error.to_string())
             } else {
                 error
