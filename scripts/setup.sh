@@ -214,16 +214,21 @@ if [[ ${PGBB_SETUP_NO_BUILD:-} == 1 ]]; then
     echo "setup: done (nothing built: PGBB_SETUP_NO_BUILD=1)"
     exit 0
 fi
+# PGBB_BUILD_PROFILE (default release) is the cargo profile of what is
+# built; scripts/test.sh builds with test-optimized (release without
+# link-time optimization), whose dependencies the pure crate's tests
+# already compiled.
+profile=${PGBB_BUILD_PROFILE:-release}
 for v in $PG_VERSIONS; do
-    echo "setup: building and installing pg_blockbackup into PostgreSQL $v"
-    cargo pgrx install --release --pg-config "$(pg_config_of "$v")" --features "pg$v" --no-default-features >/dev/null
+    echo "setup: building and installing pg_blockbackup ($profile) into PostgreSQL $v"
+    cargo pgrx install --profile "$profile" --pg-config "$(pg_config_of "$v")" --features "pg$v" --no-default-features >/dev/null
 done
-echo "setup: building the offline command target/release/pg_blockbackup"
-cargo build --release --quiet -p blockbackup-cli
+echo "setup: building the offline command target/$profile/pg_blockbackup"
+cargo build --profile "$profile" --quiet -p blockbackup-cli
 # Next to postgres, where restore_backup() finds it for the restored
 # cluster's restore_command (archive-get).
 for v in $PG_VERSIONS; do
     bindir=$("$(pg_config_of "$v")" --bindir)
-    install -m 0755 target/release/pg_blockbackup "$bindir/pg_blockbackup"
+    install -m 0755 "target/$profile/pg_blockbackup" "$bindir/pg_blockbackup"
 done
 echo "setup: done"
