@@ -521,8 +521,7 @@ def kill_during_backup(td):
     c, repo = backup_cluster(td, "killed")
     pgbench_init(c, scale=20)
     first = bk.take_backup(c, "full")
-    proc = bk.take_backup_background(c, mode="full", compress="gzip", parallel=1)
-    try:
+    with bk.take_backup_background(c, mode="full", compress="gzip", parallel=1) as proc:
         row = wait_until(lambda: [p for p in bk.progress(c) if p.backup_id and p.bytes_done],
                          timeout=120, interval=0.05,
                          what="backup_progress() to show the backup copying")[0]
@@ -531,10 +530,6 @@ def kill_during_backup(td):
         assert entry and entry.status == "RUNNING", f"running backup in backups(): {entry}"
         assert c.sql_value(f"SELECT pg_terminate_backend({row.pid})") == "t"
         _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode != 0, "take_backup survived pg_terminate_backend"
     wait_until(lambda: bk.backups(c)[row.backup_id].status == "ERROR", timeout=60,
                what=f"{row.backup_id} to be marked ERROR")

@@ -204,14 +204,12 @@ def test_a_fast_nodes_wal_is_held_until_the_restore_point():
         slow.sql("ALTER SYSTEM SET blockbackup.compression = 'zstd'; "
                  "ALTER SYSTEM SET blockbackup.compress_level = 16; "
                  "ALTER SYSTEM SET blockbackup.parallel = 1; SELECT pg_reload_conf()")
-        proc = subprocess.Popen(cc.coordinator.psql_argv(verbose=True) + [
-            "-c", f"SELECT {SET_COLUMNS} FROM blockbackup.take_cluster_backup(restore_point => 'held')"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
-        def fast_one_done():
-            assert proc.poll() is None, proc.communicate()[1]
-            return [e.status for e in bk.backups(fast).values()] == ["DONE"] and \
-                [e.status for e in bk.backups(slow).values()] == ["RUNNING"]
-        try:
+        query = f"SELECT {SET_COLUMNS} FROM blockbackup.take_cluster_backup(restore_point => 'held')"
+        with cc.coordinator.sql_in_background(query) as proc:
+            def fast_one_done():
+                assert proc.poll() is None, proc.communicate()[1]
+                return [e.status for e in bk.backups(fast).values()] == ["DONE"] and \
+                    [e.status for e in bk.backups(slow).values()] == ["RUNNING"]
             wait_until(fast_one_done, timeout=120, interval=0.05,
                        what="the fast worker's backup to end first")
             [stopped] = bk.backups(fast).values()
@@ -226,10 +224,6 @@ def test_a_fast_nodes_wal_is_held_until_the_restore_point():
                 "the slow worker's backup ended before the churn: the test proves nothing"
             assert kept == "1", f"{segment}, the fast worker's stop segment, was removed"
             out, err = proc.communicate(timeout=600)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         assert proc.returncode == 0, err
         rows = [dict(zip(SET_COLUMNS.split(", "), r)) for r in parse_psql_rows(out)]
         assert len(rows) == 3 and all(r["status"] == "DONE" for r in rows), out
@@ -248,14 +242,13 @@ def test_a_worker_stopped_during_the_set_fails_it_cleanly():
         _grow(worker1, 30)
         _grow(worker2, 30)
         args = bk.sql_args(("restore_point", "doomed"))
-        proc = subprocess.Popen(cc.coordinator.psql_argv(verbose=True) + [
-            "-c", f"SELECT {SET_COLUMNS} FROM blockbackup.take_cluster_backup({args})"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
-        wait_until(lambda: any(e.status == "RUNNING" for e in bk.backups(worker2).values())
-                   and any(e.status == "RUNNING" for e in bk.backups(worker1).values()),
-                   timeout=60, interval=0.05, what="both workers' backups to run")
-        worker2.stop()
-        out, err = proc.communicate(timeout=300)
+        query = f"SELECT {SET_COLUMNS} FROM blockbackup.take_cluster_backup({args})"
+        with cc.coordinator.sql_in_background(query) as proc:
+            wait_until(lambda: any(e.status == "RUNNING" for e in bk.backups(worker2).values())
+                       and any(e.status == "RUNNING" for e in bk.backups(worker1).values()),
+                       timeout=60, interval=0.05, what="both workers' backups to run")
+            worker2.stop()
+            out, err = proc.communicate(timeout=300)
         assert proc.returncode != 0, out
         assert f"{worker2.sockdir}:{worker2.port}" in err and "failed" in err, err
         assert "08006" in err, err

@@ -13,7 +13,7 @@ import subprocess
 
 from harness import backup as bk
 from harness import extension as ext
-from harness.cluster import TestDir, quote_literal, run, wait_until
+from harness.cluster import TestDir, in_background, quote_literal, run, wait_until
 from harness.workload import pgbench_argv
 
 TEST_TIMEOUT = 900
@@ -112,12 +112,11 @@ def test_one_node_stopped_midway_cancels_the_others():
             bk.set_config(c, "blockbackup.compression", "gzip")
         coordinator = nodes[0][0]
         victim = nodes[2][0]
-        proc = subprocess.Popen(script_argv(coordinator, nodes, restore_point="rp_failed"),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
-        wait_until(lambda: victim.sql("SELECT count(*) FROM blockbackup.backup_progress()")
-                   == [("1",)], timeout=120, interval=0.05, what="node 3's backup to run")
-        victim.stop("immediate")
-        out, err = proc.communicate(timeout=600)
+        with in_background(script_argv(coordinator, nodes, restore_point="rp_failed")) as proc:
+            wait_until(lambda: victim.sql("SELECT count(*) FROM blockbackup.backup_progress()")
+                       == [("1",)], timeout=120, interval=0.05, what="node 3's backup to run")
+            victim.stop("immediate")
+            out, err = proc.communicate(timeout=600)
         assert proc.returncode != 0, out
         assert "cluster backup failed" in err, err
         rows = result_rows(out)

@@ -10,7 +10,6 @@ issue.
 import json
 import os
 import signal
-import subprocess
 
 from harness import SkipTest
 from harness import backup as bk
@@ -91,12 +90,12 @@ def test_a_full_repository_with_a_cut_off_backup():
             c.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id")
             small = bk.take_backup(c, "full", compress="gzip")
             pgbench_init(c, scale=4)
-            proc = bk.take_backup_background(c, mode="full", parallel=1)
-            row = wait_until(lambda: [p for p in bk.progress(c)
-                                      if p.backup_id and p.bytes_done > (8 << 20)],
-                             timeout=120, interval=0.02, what="the backup to copy")[0]
-            os.kill(row.pid, signal.SIGKILL)
-            proc.communicate(timeout=60)
+            with bk.take_backup_background(c, mode="full", parallel=1) as proc:
+                row = wait_until(lambda: [p for p in bk.progress(c)
+                                          if p.backup_id and p.bytes_done > (8 << 20)],
+                                 timeout=120, interval=0.02, what="the backup to copy")[0]
+                os.kill(row.pid, signal.SIGKILL)
+                proc.communicate(timeout=60)
             c.wait_ready()
             leftover = bk.backup_dir(repo, row.backup_id)
             with open(os.path.join(leftover, "backup.json")) as f:
@@ -191,16 +190,11 @@ def test_stored_files_must_be_regular_and_failed_backups_validate_as_such():
 
         # An ERROR backup: one cancelled while it copies.
         pgbench_init(c, scale=10)
-        proc = bk.take_backup_background(c, mode="full", parallel=1)
-        try:
+        with bk.take_backup_background(c, mode="full", parallel=1) as proc:
             row = wait_until(lambda: [p for p in bk.progress(c) if p.bytes_done > 0],
                              timeout=120, interval=0.02, what="the backup to copy")[0]
             assert c.sql_value(f"SELECT pg_cancel_backend({row.pid})") == "t"
             proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         assert proc.returncode != 0, "the backup was not cancelled"
         assert bk.backups(c)[row.backup_id].status == "ERROR", bk.backups(c)
         checked = bk.validate(c, row.backup_id)[row.backup_id]
@@ -209,9 +203,7 @@ def test_stored_files_must_be_regular_and_failed_backups_validate_as_such():
 
 
 def restore_in_background(cluster, backup_id, target):
-    return subprocess.Popen(cluster.psql_argv(verbose=True) + ["-c",
-                            bk.restore_query(backup_id, target)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    return cluster.sql_in_background(bk.restore_query(backup_id, target))
 
 
 MARKER = "pg_blockbackup_restore_in_progress"
@@ -224,8 +216,7 @@ def test_a_backup_being_restored_cannot_be_deleted():
         b = bk.take_backup(c, "full")
         bk.set_config(c, "blockbackup.parallel", "1")
         target = os.path.join(td.path, "restoring")
-        proc = restore_in_background(c, b.backup_id, target)
-        try:
+        with restore_in_background(c, b.backup_id, target) as proc:
             wait_until(lambda: os.path.exists(os.path.join(target, MARKER)), timeout=120,
                        interval=0.02, what="the restore to start writing")
             err = bk.expect_sqlstate(c, f"SELECT blockbackup.delete_backup('{b.backup_id}')",
@@ -233,10 +224,6 @@ def test_a_backup_being_restored_cannot_be_deleted():
             assert os.path.exists(os.path.join(target, MARKER)), \
                 "the restore ended before the deletion was tried: the test proves nothing"
             out, errout = proc.communicate(timeout=600)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         assert proc.returncode == 0, errout
         assert os.path.isfile(os.path.join(target, "PG_VERSION"))
         assert not os.path.exists(os.path.join(target, MARKER))
@@ -251,16 +238,11 @@ def test_a_restore_cut_off_by_a_shutdown_leaves_a_marker():
         b = bk.take_backup(c, "full")
         bk.set_config(c, "blockbackup.parallel", "1")
         target = bk.new_target(td, "cut_off", c)
-        proc = restore_in_background(c, b.backup_id, target.datadir)
-        try:
+        with restore_in_background(c, b.backup_id, target.datadir) as proc:
             wait_until(lambda: os.path.exists(os.path.join(target.datadir, MARKER)),
                        timeout=120, interval=0.02, what="the restore to start writing")
             c.stop("immediate")
             proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         assert os.path.exists(os.path.join(target.datadir, MARKER))
         assert not os.path.exists(os.path.join(target.datadir, "PG_VERSION"))
         options = f"-p {target.port} -k {target.sockdir} -c listen_addresses=''"

@@ -8,6 +8,7 @@ dumps.
 
 The oracles are PostgreSQL's own pg_dump/pg_restore/psql and /proc.
 """
+import contextlib
 import os
 import subprocess
 import time
@@ -142,16 +143,17 @@ def process_gone(pid):
         return True
 
 
-def hold_lock(cluster, db, table):
-    """A psql session holding ACCESS EXCLUSIVE on table until killed: pg_dump
-    blocks on it, which makes a dump as long as the test needs."""
-    proc = subprocess.Popen(cluster.psql_argv(db) + ["-c", f"BEGIN; LOCK TABLE {table}; "
-                                                     "SELECT pg_sleep(600);"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
-    wait_until(lambda: cluster.sql_value(
-        "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = "
-        f"{quote_literal(table)}::regclass", db=db) == "1", timeout=30, what="the lock")
-    return proc
+@contextlib.contextmanager
+def lock_held(cluster, db, table):
+    """A psql session holding ACCESS EXCLUSIVE on table for the block (killed
+    at its end): pg_dump blocks on it, which makes a dump as long as the test
+    needs."""
+    with cluster.sql_in_background(f"BEGIN; LOCK TABLE {table}; SELECT pg_sleep(600);",
+                                   db=db) as proc:
+        wait_until(lambda: cluster.sql_value(
+            "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = "
+            f"{quote_literal(table)}::regclass", db=db) == "1", timeout=30, what="the lock")
+        yield proc
 
 
 def test_dumps_restore_equal_in_every_format():
@@ -245,8 +247,7 @@ def test_cancel_stops_pg_dump_and_keeps_no_partial_dump():
     with TestDir() as td:
         c, repo = agent_cluster(td)
         make_database(c, "appdb", scale=1)
-        locker = hold_lock(c, "appdb", "app.orders")
-        try:
+        with lock_held(c, "appdb", "app.orders"):
             # 1. cancel_dump_agent on an agent launched without waiting.
             r = launch(c, "appdb", fmt="directory", jobs=2, wait=False)
             assert r["status"] == "RUNNING" and r["backup_id"], r
@@ -268,25 +269,20 @@ def test_cancel_stops_pg_dump_and_keeps_no_partial_dump():
             assert c.sql_value(f"SELECT blockbackup.cancel_dump_agent({r['agent_id']})") == "f"
 
             # 2. Cancelling the query that launched and waits (Ctrl-C) cancels the agent.
-            waiting = subprocess.Popen(
-                c.psql_argv(verbose=True) + ["-c", "SELECT agent_id FROM "
-                                             "blockbackup.launch_dump_agent('appdb')"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
-            wait_until(lambda: any(a["status"] == "RUNNING" and a["pid"]
-                                   for a in agents(c).values()), timeout=30,
-                       what="the second agent to run")
-            second = [a for a in agents(c).values() if a["status"] == "RUNNING"][0]
-            c.sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
-                  "WHERE query LIKE '%launch_dump_agent(''appdb'')%' AND pid <> pg_backend_pid()")
-            _, err = waiting.communicate(timeout=60)
+            with c.sql_in_background("SELECT agent_id FROM "
+                                     "blockbackup.launch_dump_agent('appdb')") as waiting:
+                wait_until(lambda: any(a["status"] == "RUNNING" and a["pid"]
+                                       for a in agents(c).values()), timeout=30,
+                           what="the second agent to run")
+                second = [a for a in agents(c).values() if a["status"] == "RUNNING"][0]
+                c.sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                      "WHERE query LIKE '%launch_dump_agent(''appdb'')%' AND pid <> pg_backend_pid()")
+                _, err = waiting.communicate(timeout=60)
             assert waiting.returncode != 0 and "57014" in err, err
             wait_until(lambda: agents(c)[int(second["agent_id"])]["status"] == "ERROR",
                        timeout=30, what="the agent of the cancelled launch to end")
             assert process_gone(int(second["pid"]))
             assert bk.backups(c)[second["backup_id"]].status == "ERROR"
-        finally:
-            locker.kill()
-            locker.wait()
 
 
 def test_two_agents_at_once_and_retention():
@@ -317,13 +313,13 @@ def test_shutdown_and_killed_agent_end_in_error():
     with TestDir() as td:
         c, repo = agent_cluster(td)
         make_database(c, "appdb", scale=1)
-        locker = hold_lock(c, "appdb", "app.orders")
-        r = launch(c, "appdb", wait=False)
-        wait_until(lambda: agents(c)[r["agent_id"]]["pid"] is not None, timeout=30,
-                   what="pg_dump to start")
-        pid = int(agents(c)[r["agent_id"]]["pid"])
-        c.stop("fast")
-        locker.wait(timeout=30)
+        with lock_held(c, "appdb", "app.orders") as locker:
+            r = launch(c, "appdb", wait=False)
+            wait_until(lambda: agents(c)[r["agent_id"]]["pid"] is not None, timeout=30,
+                       what="pg_dump to start")
+            pid = int(agents(c)[r["agent_id"]]["pid"])
+            c.stop("fast")
+            locker.wait(timeout=30)
         assert process_gone(pid), "pg_dump survived a server shutdown"
         c.start()
         entry = bk.backups(c)[r["backup_id"]]
@@ -337,17 +333,15 @@ def test_shutdown_and_killed_agent_end_in_error():
 
         # kill -9 of the agent's worker: the server restarts, pg_dump dies with
         # the worker, and the entry it left RUNNING is marked ERROR.
-        locker = hold_lock(c, "appdb", "app.orders")
-        r = launch(c, "appdb", wait=False)
-        wait_until(lambda: agents(c)[r["agent_id"]]["pid"] is not None, timeout=30,
-                   what="pg_dump to start")
-        worker = int(c.sql_value(f"SELECT worker_pid FROM blockbackup.dump_agents() "
-                                 f"WHERE agent_id = {r['agent_id']}"))
-        pid = int(agents(c)[r["agent_id"]]["pid"])
-        c.kill9(worker)
-        wait_until(lambda: process_gone(pid), timeout=30, what="pg_dump to die with its agent")
-        locker.kill()
-        locker.wait()
+        with lock_held(c, "appdb", "app.orders"):
+            r = launch(c, "appdb", wait=False)
+            wait_until(lambda: agents(c)[r["agent_id"]]["pid"] is not None, timeout=30,
+                       what="pg_dump to start")
+            worker = int(c.sql_value(f"SELECT worker_pid FROM blockbackup.dump_agents() "
+                                     f"WHERE agent_id = {r['agent_id']}"))
+            pid = int(agents(c)[r["agent_id"]]["pid"])
+            c.kill9(worker)
+            wait_until(lambda: process_gone(pid), timeout=30, what="pg_dump to die with its agent")
         c.wait_ready()
         wait_until(lambda: bk.backups(c)[r["backup_id"]].status == "ERROR", timeout=30,
                    what="the killed agent's dump to be marked ERROR")

@@ -309,8 +309,8 @@ def test_recovery_targets_the_backup_cannot_reach():
         b = bk.take_backup(c, "full")
         unreachable = os.path.join(td.path, "unreachable")
         for lsn in ("FFFFFFFF/0", "FFFFFFFF/FFFFFFFF"):
-            err = bk.expect_sqlstate(c, bk.restore_query(b.backup_id, unreachable, lsn),
-                                     "22023", contains=(r"reach",))
+            bk.expect_sqlstate(c, bk.restore_query(b.backup_id, unreachable, lsn),
+                               "22023", contains=(r"reach",))
             assert not os.path.exists(unreachable), f"a refused restore wrote {unreachable}"
         c.sql("INSERT INTO t VALUES (101)")
         point = c.sql("SELECT restore_point_lsn FROM blockbackup.create_restore_point('rp')")[0][0]

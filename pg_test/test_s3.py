@@ -269,13 +269,13 @@ def test_the_store_stopped_during_a_backup():
             pgbench_init(c, scale=12)
             first = bk.take_backup(c, "full")
             source_dump = bk.dumpall(c)
-            running = bk.take_backup_background(c, "full", parallel=2)
             prefix = f"{PREFIX}/backups/"
-            wait_until(lambda: len([k for k in store.list_keys(prefix) if first.backup_id not in k]) > 20,
-                       timeout=60, interval=0.02,
-                       what=f"the second backup to upload (the first took {first.duration_ms} ms)")
-            store.stop()
-            out, err = running.communicate(timeout=180)
+            with bk.take_backup_background(c, "full", parallel=2) as running:
+                wait_until(lambda: len([k for k in store.list_keys(prefix) if first.backup_id not in k]) > 20,
+                           timeout=60, interval=0.02,
+                           what=f"the second backup to upload (the first took {first.duration_ms} ms)")
+                store.stop()
+                out, err = running.communicate(timeout=180)
             assert running.returncode != 0, out
             assert "ERROR:  08006" in err, err
             started = time.monotonic()
@@ -316,7 +316,7 @@ def test_bad_store_settings_are_told_apart():
             store.stop()
             started = time.monotonic()
             err = bk.expect_sqlstate(c, "SELECT * FROM blockbackup.backups()", "08006",
-                                     contains=f"127.0.0.1", hint=True)
+                                     contains="127.0.0.1", hint=True)
             assert "gave up after" in err.stderr, err.stderr
             assert time.monotonic() - started < 60
             # The offline command says the same, and exits.

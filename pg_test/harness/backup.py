@@ -9,7 +9,6 @@ import json
 import os
 import pwd
 import re
-import subprocess
 from collections import namedtuple
 
 from .cluster import PG_USER, chown_postgres, pg_bin, quote_literal, run, wait_until
@@ -158,10 +157,8 @@ def take_backup(cluster, mode=None, label=None, compress=None, parallel=None,
 
 
 def take_backup_background(cluster, mode=None, compress=None, parallel=None):
-    """A psql running take_backup, not waited for (the caller communicates)."""
-    return subprocess.Popen(cluster.psql_argv(verbose=True)
-                            + ["-c", take_backup_query(mode, None, compress, parallel)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    """A psql running take_backup, as Cluster.sql_in_background (a context)."""
+    return cluster.sql_in_background(take_backup_query(mode, None, compress, parallel))
 
 
 def backups(cluster):

@@ -4,6 +4,7 @@ Everything is started with argv lists (no shell) and bounded by timeouts.
 `TestDir` owns a temporary directory (owned by postgres) and every cluster
 made in it, and stops them all on exit, even when the test failed.
 """
+import contextlib
 import os
 import re
 import shutil
@@ -39,6 +40,20 @@ def run(argv, as_postgres=False, timeout=CMD_TIMEOUT, check=True, input_text=Non
     if check and proc.returncode != 0:
         raise CommandError(f"exit {proc.returncode}: {argv}\n{proc.stderr.strip()}")
     return proc
+
+
+@contextlib.contextmanager
+def in_background(argv):
+    """argv started with its output piped and not waited for: the block
+    communicates with it. Leaving the block, however it is left, kills it if
+    it still runs, so a failed test leaves no client behind."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def chown_postgres(path):
@@ -256,6 +271,10 @@ class Cluster:
             raise CommandError(f"SQL failed on port {self.port}: {query.strip()[:300]}\n"
                                f"{proc.stderr.strip()}")
         return parse_psql_rows(proc.stdout)
+
+    def sql_in_background(self, query, db="postgres", user=PG_USER):
+        """A psql running query (errors verbose), as in_background."""
+        return in_background(self.psql_argv(db, user, verbose=True) + ["-c", query])
 
     def sql_value(self, query, db="postgres", user=PG_USER):
         rows = self.sql(query, db, user)
